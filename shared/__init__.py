@@ -1,0 +1,1 @@
+"""Contracts shared by every service: events, stream names, settings, broker factory."""

@@ -1,0 +1,183 @@
+"""The messages that travel between services, one pydantic model each.
+
+Events carry `event_id`, `session_id`, `source`, `reply_to` and `occurred_at`
+(design: Contracts). Unknown fields are ignored so that a newer producer can add a
+field without breaking an older consumer during a rolling deploy.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+Source = Literal["websocket", "api", "twilio"]
+Intent = Literal["question", "reflection", "statement", "end_conversation"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Event(Message):
+    event_id: str = Field(default_factory=new_id)
+    session_id: SessionId
+    source: Source
+    # Reply stream of the instance holding the learner's connection; None for
+    # events nobody waits on.
+    reply_to: str | None = None
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class UtteranceReceived(Event):
+    """Something the learner said, as text: typed, or transcribed from audio."""
+
+    text: Annotated[str, StringConstraints(min_length=1)]
+    input: Literal["text", "audio"] = "text"
+
+
+class AudioReceived(Event):
+    """A clip whose bytes wait in Redis under `audio_key` (claim check)."""
+
+    audio_key: str
+    size_bytes: int = Field(ge=0)
+
+
+class SessionEndRequested(Event):
+    """The learner ended the conversation; the responder answers with a summary."""
+
+
+class ExchangeCompleted(Event):
+    """One learner utterance and the companion's answer, to be archived.
+
+    `event_id` is the id of the utterance it answers, so a redelivered utterance
+    produces the same exchange and the archive stores it once.
+    """
+
+    user_text: str
+    agent_text: str
+    intent: Intent
+    input: Literal["text", "audio"] = "text"
+    # Instance id of the responder replica that answered (for operators).
+    responder: str = ""
+
+
+# Replies: sent by a worker to the `reply_to` stream of the asking instance.
+
+
+class Reply(Message):
+    in_reply_to: str
+    session_id: str | None = None
+
+
+class ConversationReply(Reply):
+    kind: Literal["conversation"] = "conversation"
+    user_text: str
+    agent_text: str
+    intent: Intent
+    timestamp: datetime
+
+
+class SummaryReply(Reply):
+    kind: Literal["summary"] = "summary"
+    text: str
+
+
+ErrorCode = Literal[
+    "invalid_audio",
+    "audio_too_large",
+    "audio_too_long",
+    "no_speech",
+    "transcription_failed",
+    "internal",
+]
+
+
+class ErrorReply(Reply):
+    kind: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+
+
+class SearchHit(Message):
+    id: int
+    session_id: str
+    timestamp: str
+    user_text: str
+    agent_text: str
+    user_snippet: str
+    agent_snippet: str
+
+
+class SearchReply(Reply):
+    kind: Literal["search"] = "search"
+    query: str
+    results: list[SearchHit]
+
+
+class HistoryItem(Message):
+    id: int
+    timestamp: str
+    user_text: str
+    agent_text: str
+    metadata: str | None
+
+
+class HistoryReply(Reply):
+    kind: Literal["history"] = "history"
+    history: list[HistoryItem]
+
+
+class StatsReply(Reply):
+    kind: Literal["stats"] = "stats"
+    total_captures: int
+    unique_sessions: int
+    last_capture: str | None
+
+
+AnyReply = Annotated[
+    ConversationReply | SummaryReply | ErrorReply | SearchReply | HistoryReply | StatsReply,
+    Field(discriminator="kind"),
+]
+
+
+# Requests to the archiver, the only reader of the database (request-reply).
+
+
+class ArchiveQuery(Message):
+    query_id: str = Field(default_factory=new_id)
+    reply_to: str
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class SearchQuery(ArchiveQuery):
+    kind: Literal["search"] = "search"
+    query: str
+    limit: int = Field(ge=1)
+
+
+class HistoryQuery(ArchiveQuery):
+    kind: Literal["history"] = "history"
+    session_id: SessionId
+    limit: int = Field(ge=1)
+
+
+class StatsQuery(ArchiveQuery):
+    kind: Literal["stats"] = "stats"
+
+
+AnyArchiveQuery = Annotated[
+    SearchQuery | HistoryQuery | StatsQuery,
+    Field(discriminator="kind"),
+]

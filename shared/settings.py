@@ -1,0 +1,45 @@
+"""Settings every service reads. Each service extends `CommonSettings` with its own.
+
+Names and defaults of v1's environment variables are kept (REDIS_URL, REDIS_TTL, ...).
+"""
+
+import os
+import socket
+import uuid
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_instance_id() -> str:
+    # Unique per process: it names this replica's consumer in every group and its
+    # reply stream, so two replicas on one host never share either.
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://localhost:6379"
+    # Interface the service's HTTP server (API, or a worker's /health) binds to.
+    host: str = "0.0.0.0"
+    log_level: str = "INFO"
+    # Lifetime of a session's context in Redis (v1): also how long a session
+    # counts as active in /api/stats.
+    redis_ttl: int = 1800
+    instance_id: str = Field(default_factory=default_instance_id)
+    # How long a starting service waits for Redis to answer before giving up.
+    redis_connect_timeout: float = 30.0
+    # XADD MAXLEN ~ cap on every stream: far above normal lag, it only bounds
+    # memory when a consumer group is gone for a long time.
+    stream_maxlen: int = 100_000
+    # Replies are read within milliseconds: a short cap is plenty.
+    reply_stream_maxlen: int = 10_000
+    # A message pending (delivered, not acknowledged) this long is claimed by a
+    # live replica and delivered again: it outlasts any normal handling time.
+    reclaim_idle_ms: int = 60_000
+    reclaim_interval_s: float = 5.0
+    # After this many deliveries a message goes to the dead-letter stream.
+    max_deliveries: int = 5
+    # OTLP/HTTP endpoint of a trace collector (Jaeger :4318); unset: no export.
+    otel_exporter_otlp_endpoint: str | None = None

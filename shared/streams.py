@@ -1,0 +1,60 @@
+"""Every stream, consumer group and Redis key name, defined once.
+
+Services import these names instead of spelling strings, so a rename is one edit
+and an operator can read the whole Redis layout in this file.
+"""
+
+from typing import Final
+
+# Streams between services (design: PWA/Twilio -> gateway/telephony -> workers).
+AUDIO_RECEIVED: Final = "audio.received"
+UTTERANCE_RECEIVED: Final = "utterance.received"
+SESSION_END_REQUESTED: Final = "session.end_requested"
+EXCHANGE_COMPLETED: Final = "exchange.completed"
+ARCHIVE_QUERIES: Final = "archive.queries"
+# Messages a worker gave up on after too many deliveries, kept for an operator.
+DEAD_LETTERS: Final = "dead.letters"
+
+
+class Groups:
+    """One consumer group per service: replicas of a service share its work."""
+
+    TRANSCRIBER: Final = "transcriber"
+    RESPONDER: Final = "responder"
+    ARCHIVER: Final = "archiver"
+
+
+def reply_stream(service: str, instance_id: str) -> str:
+    """The stream that only one gateway or telephony instance reads its replies from."""
+    return f"replies.{service}.{instance_id}"
+
+
+# Registry of live reply streams (score: last heartbeat, unix seconds), so a
+# surviving instance can delete the reply stream of one that died.
+REPLY_STREAMS: Final = "replies.registry"
+
+
+class Keys:
+    """Redis keys that hold state rather than messages (v1 names kept)."""
+
+    # Sorted set of session ids scored by last activity (unix seconds), so
+    # /api/stats lists active sessions without SCAN.
+    ACTIVE_SESSIONS: Final = "sessions:active"
+
+    @staticmethod
+    def context(session_id: str) -> str:
+        return f"session:{session_id}:context"
+
+    @staticmethod
+    def metadata(session_id: str) -> str:
+        return f"session:{session_id}:metadata"
+
+    @staticmethod
+    def exchange_done(event_id: str) -> str:
+        """Marks an utterance whose exchange is already in the context (redelivery guard)."""
+        return f"exchange:{event_id}:done"
+
+    @staticmethod
+    def audio(event_id: str) -> str:
+        """Claim-check key holding the bytes of one uploaded clip."""
+        return f"audio:{event_id}"
