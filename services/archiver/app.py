@@ -1,0 +1,135 @@
+"""Wiring of the archiver worker: the only process that opens the database.
+
+It stores `exchange.completed` events in batches (one transaction per read of the
+stream) and answers search, history and stats queries from the gateway.
+"""
+
+import logging
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream
+from faststream.redis import RedisBroker, StreamSub
+from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import Redis
+
+from services.archiver.repository import Archive
+from services.archiver.settings import ArchiverSettings
+from shared.broker import ensure_groups, make_broker, wait_for_redis
+from shared.delivery import Reclaimer
+from shared.events import (
+    AnyArchiveQuery,
+    ErrorReply,
+    ExchangeCompleted,
+    HistoryQuery,
+    HistoryReply,
+    Reply,
+    SearchQuery,
+    SearchReply,
+    StatsReply,
+)
+from shared.streams import ARCHIVE_QUERIES, DEAD_LETTERS, EXCHANGE_COMPLETED, Groups
+from shared.worker import BackgroundTasks, worker_app
+
+SERVICE = "archiver"
+log = logging.getLogger(__name__)
+
+_query_adapter: TypeAdapter[AnyArchiveQuery] = TypeAdapter(AnyArchiveQuery)
+
+
+class _Runtime:
+    """What the handlers use, created at start-up rather than at import."""
+
+    redis: Redis
+    archive: Archive
+
+
+async def answer(archive: Archive, query: AnyArchiveQuery) -> Reply:
+    if isinstance(query, SearchQuery):
+        hits = await archive.search(query.query, query.limit)
+        return SearchReply(in_reply_to=query.query_id, query=query.query, results=hits)
+    if isinstance(query, HistoryQuery):
+        items = await archive.history(query.session_id, query.limit)
+        return HistoryReply(in_reply_to=query.query_id, session_id=query.session_id, history=items)
+    total, sessions, last = await archive.stats()
+    return StatsReply(
+        in_reply_to=query.query_id,
+        total_captures=total,
+        unique_sessions=sessions,
+        last_capture=last,
+    )
+
+
+def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
+    broker = make_broker(settings, SERVICE)
+    rt = _Runtime()
+    background = BackgroundTasks()
+
+    @broker.subscriber(
+        stream=StreamSub(
+            EXCHANGE_COMPLETED,
+            group=Groups.ARCHIVER,
+            consumer=settings.instance_id,
+            batch=True,
+            max_records=settings.archive_batch_size,
+        )
+    )
+    async def on_exchanges(bodies: list[Any]) -> None:
+        exchanges: list[ExchangeCompleted] = []
+        for body in bodies:
+            try:
+                exchanges.append(ExchangeCompleted.model_validate(body))
+            except ValidationError as exc:
+                # One unreadable entry must not hold back the batch it arrived in.
+                log.error("unreadable exchange moved to %s: %s", DEAD_LETTERS, exc)
+                await broker.publish(
+                    body,
+                    stream=DEAD_LETTERS,
+                    maxlen=settings.stream_maxlen,
+                    headers={"lva-stream": EXCHANGE_COMPLETED, "lva-reason": str(exc)[:500]},
+                )
+        if exchanges:
+            added = await rt.archive.save_many(exchanges)
+            log.debug("archived %d of %d exchanges (rest already stored)", added, len(exchanges))
+
+    # A query is acknowledged on receipt: if this replica dies while answering, the
+    # gateway's deadline already tells the learner, and a late answer helps nobody.
+    @broker.subscriber(
+        stream=StreamSub(ARCHIVE_QUERIES, group=Groups.ARCHIVER, consumer=settings.instance_id),
+        max_workers=settings.archive_read_connections,
+        ack_policy=AckPolicy.ACK_FIRST,
+    )
+    async def on_query(body: dict[str, Any]) -> None:
+        try:
+            query = _query_adapter.validate_python(body)
+        except ValidationError as exc:
+            log.error("unreadable archive query dropped: %s", exc)
+            return
+        reply: Reply
+        try:
+            reply = await answer(rt.archive, query)
+        except Exception:
+            log.exception("archive query %s failed", query.kind)
+            reply = ErrorReply(
+                in_reply_to=query.query_id, code="internal", message="the archive failed to answer"
+            )
+        await broker.publish(reply, stream=query.reply_to, maxlen=settings.reply_stream_maxlen)
+
+    async def start() -> None:
+        await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
+        rt.redis = Redis.from_url(settings.redis_url)
+        await ensure_groups(rt.redis, Groups.ARCHIVER, (EXCHANGE_COMPLETED,))
+        rt.archive = Archive.from_settings(settings)
+        await rt.archive.open()
+
+    async def started() -> None:
+        reclaimer = Reclaimer(rt.redis, settings, stream=EXCHANGE_COMPLETED, group=Groups.ARCHIVER)
+        background.start("reclaim-exchanges", reclaimer.run)
+
+    async def stop() -> None:
+        await background.stop()
+        await rt.archive.close()
+        await rt.redis.aclose()
+
+    app = worker_app(broker, on_startup=[start], after_startup=[started], on_shutdown=[stop])
+    return broker, app

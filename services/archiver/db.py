@@ -1,0 +1,203 @@
+"""SQLite connections and the archive schema.
+
+v1's tables, columns, index and names are kept, so a v1 database file opens
+as is and is migrated in place (see `ensure_schema`). Additions:
+
+- `captures.event_id` with a unique index: a redelivered event is stored once;
+- `idx_captures_timestamp`: `max(timestamp)` (the last capture) is an index
+  lookup instead of a scan of every row;
+- `capture_stats`: row and session counters kept by triggers (see below);
+- the FTS triggers use FTS5's 'delete' command. v1 ran a plain UPDATE/DELETE on
+  the external-content FTS table, which makes FTS5 remove the tokens of the
+  *new* content (read back from `captures`, already changed) instead of the old
+  ones, leaving stale entries behind: a corrupt index.
+"""
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+_READER_MMAP_BYTES = 1 << 30
+
+# PRAGMA user_version once the v2 schema is in place.
+SCHEMA_VERSION = 1
+
+# v1's FTS triggers; they must go, or rows would be indexed twice (insert) and
+# the index corrupted (update/delete).
+_V1_TRIGGERS = ("captures_ai", "captures_ad", "captures_au")
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS captures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    timestamp DATETIME DEFAULT CURRENT_TIMESTAMP,
+    user_text TEXT NOT NULL,
+    agent_text TEXT NOT NULL,
+    metadata TEXT,
+    event_id TEXT
+);
+"""
+
+_SCHEMA = """
+CREATE UNIQUE INDEX IF NOT EXISTS idx_captures_event_id ON captures(event_id);
+CREATE INDEX IF NOT EXISTS idx_session_timestamp ON captures(session_id, timestamp DESC);
+CREATE INDEX IF NOT EXISTS idx_captures_timestamp ON captures(timestamp);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS captures_fts USING fts5(
+    session_id UNINDEXED,
+    user_text,
+    agent_text,
+    content=captures,
+    content_rowid=id,
+    prefix='3'
+);
+
+CREATE TRIGGER IF NOT EXISTS captures_fts_ai AFTER INSERT ON captures BEGIN
+    INSERT INTO captures_fts(rowid, session_id, user_text, agent_text)
+    VALUES (new.id, new.session_id, new.user_text, new.agent_text);
+END;
+
+CREATE TRIGGER IF NOT EXISTS captures_fts_ad AFTER DELETE ON captures BEGIN
+    INSERT INTO captures_fts(captures_fts, rowid, session_id, user_text, agent_text)
+    VALUES ('delete', old.id, old.session_id, old.user_text, old.agent_text);
+END;
+
+-- Only when indexed content (or the rowid) changes: a metadata-only UPDATE
+-- leaves the index alone.
+CREATE TRIGGER IF NOT EXISTS captures_fts_au
+AFTER UPDATE OF id, session_id, user_text, agent_text ON captures BEGIN
+    INSERT INTO captures_fts(captures_fts, rowid, session_id, user_text, agent_text)
+    VALUES ('delete', old.id, old.session_id, old.user_text, old.agent_text);
+    INSERT INTO captures_fts(rowid, session_id, user_text, agent_text)
+    VALUES (new.id, new.session_id, new.user_text, new.agent_text);
+END;
+
+-- Why counters: COUNT(*) and COUNT(DISTINCT session_id) read the whole table
+-- or index (tens to hundreds of ms at 1,000,000 rows) on every /api/stats.
+-- Keeping them here costs each insert one single-row UPDATE plus one probe of
+-- idx_session_timestamp ("is this session new?"), a few microseconds.
+CREATE TABLE IF NOT EXISTS capture_stats (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    total_captures INTEGER NOT NULL,
+    unique_sessions INTEGER NOT NULL
+);
+
+CREATE TRIGGER IF NOT EXISTS capture_stats_ai AFTER INSERT ON captures BEGIN
+    UPDATE capture_stats SET
+        total_captures = total_captures + 1,
+        unique_sessions = unique_sessions + (NOT EXISTS (
+            SELECT 1 FROM captures WHERE session_id = new.session_id AND id <> new.id))
+    WHERE id = 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS capture_stats_ad AFTER DELETE ON captures BEGIN
+    UPDATE capture_stats SET
+        total_captures = total_captures - 1,
+        unique_sessions = unique_sessions - (NOT EXISTS (
+            SELECT 1 FROM captures WHERE session_id = old.session_id))
+    WHERE id = 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS capture_stats_au AFTER UPDATE OF session_id ON captures
+WHEN old.session_id IS NOT new.session_id BEGIN
+    UPDATE capture_stats SET
+        -- NOT binds looser than + and -: the parentheses are needed.
+        unique_sessions = unique_sessions
+            + (NOT EXISTS (
+                SELECT 1 FROM captures WHERE session_id = new.session_id AND id <> new.id))
+            - (NOT EXISTS (SELECT 1 FROM captures WHERE session_id = old.session_id))
+    WHERE id = 1;
+END;
+"""
+
+
+async def connect(
+    path: Path, *, busy_timeout_ms: int, read_only: bool = False
+) -> aiosqlite.Connection:
+    """Open `path` with the archive's pragmas; the parent folder is created.
+
+    Transactions are explicit (isolation_level=None): the writer issues
+    BEGIN IMMEDIATE itself so that it takes the write lock up front rather than
+    failing to upgrade a read lock halfway through a batch.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if not read_only:
+            # WAL is a property of the file: set once by the writer, it lets
+            # readers run while a write transaction is open.
+            await conn.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL only syncs at checkpoints: a power cut may lose
+        # the last commits but never corrupts the file. Redis keeps an event
+        # pending until it is acknowledged after the commit, so an event lost
+        # this way is an acceptable, rare loss for an archive.
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA temp_store = MEMORY")
+        # 64 MiB of page cache per connection (default 2 MiB): keeps the FTS
+        # index's hot pages and the event_id index in memory.
+        await conn.execute("PRAGMA cache_size = -65536")
+        if read_only:
+            # A reader must never write, even through a bug.
+            await conn.execute("PRAGMA query_only = ON")
+            await conn.execute(f"PRAGMA mmap_size = {_READER_MMAP_BYTES}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _columns(conn: aiosqlite.Connection, table: str) -> set[str]:
+    async with conn.execute(f"PRAGMA table_info({table})") as cursor:
+        return {str(row[1]) async for row in cursor}
+
+
+async def _execute_script(conn: aiosqlite.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction first; run the
+    # statements one by one inside it instead.
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        if not statement and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        statement += line
+        if sqlite3.complete_statement(statement):
+            await conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement!r}")
+
+
+async def ensure_schema(conn: aiosqlite.Connection) -> None:
+    """Create the schema, or bring a v1 (or older v2) database up to date.
+
+    Idempotent and done in one transaction. A file that has not reached
+    SCHEMA_VERSION yet (new, or written by v1) gets its FTS index rebuilt from
+    `captures` (v1's triggers may have corrupted it) and its counters computed
+    by one full scan; later opens skip both.
+    """
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await _execute_script(conn, _TABLES)
+        if "event_id" not in await _columns(conn, "captures"):
+            # A v1 file: its rows have no event id (NULL, which the unique
+            # index allows any number of times).
+            await conn.execute("ALTER TABLE captures ADD COLUMN event_id TEXT")
+        for trigger in _V1_TRIGGERS:
+            await conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        await _execute_script(conn, _SCHEMA)
+        async with conn.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version < SCHEMA_VERSION:
+            await conn.execute("INSERT INTO captures_fts(captures_fts) VALUES ('rebuild')")
+            await conn.execute(
+                "INSERT OR REPLACE INTO capture_stats (id, total_captures, unique_sessions) "
+                "SELECT 1, count(*), count(DISTINCT session_id) FROM captures"
+            )
+            await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise

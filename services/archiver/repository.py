@@ -1,0 +1,278 @@
+"""The archive: captured exchanges in SQLite, searchable with FTS5.
+
+One writer connection and a small pool of read connections, each an aiosqlite
+connection with its own thread, so SQLite work never runs on the event loop.
+WAL lets the readers answer search/history/stats while a batch is written.
+"""
+
+import asyncio
+import json
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiosqlite
+
+from services.archiver import db, search
+from services.archiver.fts_query import split_terms
+from services.archiver.settings import ArchiverSettings
+from shared.events import ExchangeCompleted, HistoryItem, SearchHit
+
+log = logging.getLogger(__name__)
+
+# C0 controls except \t and \n. Stored text never contains them, which is what
+# lets \x02/\x03 serve as unambiguous snippet markers (see search.MARK_OPEN).
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f]")
+# Lone surrogates (possible in JSON "\ud800") cannot be encoded as UTF-8.
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+_INSERT = """
+INSERT INTO captures (event_id, session_id, timestamp, user_text, agent_text, metadata)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_HISTORY = """
+SELECT id, timestamp, user_text, agent_text, metadata
+FROM captures
+WHERE session_id = ?
+ORDER BY timestamp DESC, id DESC
+LIMIT ?
+"""
+
+_STATS = """
+SELECT s.total_captures, s.unique_sessions, (SELECT max(timestamp) FROM captures)
+FROM capture_stats AS s WHERE s.id = 1
+"""
+
+
+def clean_text(text: str) -> str:
+    """`text` without C0 control characters (except \\t, \\n) or lone surrogates."""
+    text = _CONTROL_CHARS.sub("", text)
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC, to the second, as v1 shows it: 2025-11-21T10:30:00."""
+    if moment.tzinfo is None:
+        # Events are produced with aware UTC datetimes; a naive one can only
+        # come from a producer that meant UTC.
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def _metadata(exchange: ExchangeCompleted) -> str:
+    return json.dumps(
+        {
+            "source": exchange.source,
+            "intent": exchange.intent,
+            "input": exchange.input,
+            "responder": exchange.responder,
+        }
+    )
+
+
+def _row(exchange: ExchangeCompleted) -> tuple[str, str, str, str, str, str]:
+    return (
+        exchange.event_id,
+        exchange.session_id,
+        format_timestamp(exchange.occurred_at),
+        clean_text(exchange.user_text),
+        clean_text(exchange.agent_text),
+        _metadata(exchange),
+    )
+
+
+def _is_fts_query_error(error: sqlite3.OperationalError) -> bool:
+    message = str(error)
+    return message.startswith("fts5:") or "malformed MATCH" in message
+
+
+class Archive:
+    """Captured exchanges: written in batches, searched, listed and counted.
+
+    Use as `async with Archive(path) as archive: ...`, or call `open()` and
+    `close()` yourself.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        read_connections: int = 4,
+        busy_timeout_ms: int = 5000,
+        search_candidate_limit: int = 2000,
+    ) -> None:
+        if read_connections < 1:
+            raise ValueError("read_connections must be at least 1")
+        if search_candidate_limit < 1:
+            raise ValueError("search_candidate_limit must be at least 1")
+        self.path = path
+        self._read_connections = read_connections
+        self._busy_timeout_ms = busy_timeout_ms
+        self._candidate_limit = search_candidate_limit
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        # LIFO: the connection used last has the warmest page cache.
+        self._idle_readers: asyncio.LifoQueue[aiosqlite.Connection] = asyncio.LifoQueue()
+        # One transaction at a time on the single writer connection.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: ArchiverSettings) -> Self:
+        return cls(
+            settings.database_path,
+            read_connections=settings.archive_read_connections,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            search_candidate_limit=settings.search_candidate_limit,
+        )
+
+    async def open(self) -> None:
+        """Open the connections; create or migrate the schema first."""
+        if self._writer is not None:
+            raise RuntimeError("archive already open")
+        try:
+            self._writer = await db.connect(self.path, busy_timeout_ms=self._busy_timeout_ms)
+            await db.ensure_schema(self._writer)
+            for _ in range(self._read_connections):
+                reader = await db.connect(
+                    self.path, busy_timeout_ms=self._busy_timeout_ms, read_only=True
+                )
+                self._readers.append(reader)
+                self._idle_readers.put_nowait(reader)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close every connection. Safe to call twice, or after a failed open()."""
+        connections = [*self._readers, *([self._writer] if self._writer else [])]
+        self._writer = None
+        self._readers = []
+        self._idle_readers = asyncio.LifoQueue()
+        for conn in connections:
+            try:
+                await conn.close()
+            except Exception:
+                log.exception("closing a database connection failed")
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[aiosqlite.Connection]:
+        if not self._readers:
+            raise RuntimeError("archive is not open")
+        conn = await self._idle_readers.get()
+        try:
+            yield conn
+        finally:
+            self._idle_readers.put_nowait(conn)
+
+    def _writer_conn(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise RuntimeError("archive is not open")
+        return self._writer
+
+    async def save_many(self, exchanges: Sequence[ExchangeCompleted]) -> int:
+        """Store `exchanges` in one transaction; return how many were new.
+
+        An exchange whose event_id is already stored (a redelivery) is skipped,
+        so saving the same batch twice stores it once.
+        """
+        if not exchanges:
+            return 0
+        rows = [_row(exchange) for exchange in exchanges]
+        async with self._write_lock:
+            writer = self._writer_conn()
+            await writer.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await writer.executemany(_INSERT, rows)
+                # rowcount sums the rows each INSERT changed (skipped ones: 0);
+                # rows written by triggers are not counted.
+                inserted = cursor.rowcount
+                await cursor.close()
+                await writer.execute("COMMIT")
+            except BaseException:
+                await writer.execute("ROLLBACK")
+                raise
+        return inserted
+
+    async def search(self, query: str, limit: int) -> list[SearchHit]:
+        """Matches of `query`, best first by BM25, at most `limit` of them.
+
+        Relevance is ranked within the newest `search_candidate_limit` matches
+        (by rowid, i.e. arrival order), not within all of them: ranking every
+        match of a word found in hundreds of thousands of rows costs seconds.
+        The price is that an excellent but old match of a very common term may
+        not make the list; for a query with fewer matches than the limit (any
+        specific query) the ranking is exact. Details in services.archiver.search.
+
+        Any string is accepted (see fts_query); one with nothing searchable in
+        it returns [] without touching the database.
+        """
+        terms = split_terms(query)
+        if not terms or limit < 1:
+            return []
+        async with self._reader() as conn:
+            try:
+                return await search.search(conn, terms, limit, self._candidate_limit)
+            except sqlite3.OperationalError as error:
+                if not _is_fts_query_error(error):
+                    raise
+                # fts_query is meant to make this impossible; should it happen,
+                # the learner gets no results rather than an error.
+                log.error("FTS5 rejected the terms %r of %r: %s", terms, query, error)
+                return []
+
+    async def history(self, session_id: str, limit: int) -> list[HistoryItem]:
+        """The session's exchanges, newest first, at most `limit` of them."""
+        if limit < 1:
+            return []
+        async with self._reader() as conn:
+            rows = await conn.execute_fetchall(_HISTORY, (session_id, limit))
+        return [
+            HistoryItem(
+                id=row[0], timestamp=row[1], user_text=row[2], agent_text=row[3], metadata=row[4]
+            )
+            for row in rows
+        ]
+
+    async def stats(self) -> tuple[int, int, str | None]:
+        """(total_captures, unique_sessions, last_capture); O(1), see db."""
+        async with self._reader() as conn:
+            rows = list(await conn.execute_fetchall(_STATS))
+        if not rows:
+            return 0, 0, None
+        total, sessions, last = rows[0]
+        return int(total), int(sessions), last
+
+    async def integrity_check(self) -> None:
+        """Raise sqlite3.DatabaseError if the FTS index disagrees with `captures`.
+
+        FTS5's 'integrity-check' command with rank 1: plain 'integrity-check'
+        only checks the index against itself, and on an external-content table
+        it passes even when the index holds words the content no longer has
+        (the damage v1's triggers did). With rank 1 it re-tokenizes every row
+        of `captures` and compares, so it reads the whole table: a maintenance
+        tool, not something to run per request.
+        """
+        async with self._write_lock:
+            await self._writer_conn().execute(
+                "INSERT INTO captures_fts(captures_fts, rank) VALUES ('integrity-check', 1)"
+            )

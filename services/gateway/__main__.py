@@ -1,0 +1,5 @@
+import uvicorn
+
+from services.gateway.main import app, settings
+
+uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, ws_max_size=16 * 2**20)

@@ -1,0 +1,31 @@
+"""Every refusal of the gateway is JSON with a `detail` that says why (v1 shape)."""
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from services.gateway.backend import BackendError
+from services.gateway.validation import InputError
+
+
+def _reason(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason, "code": exc.code}, status_code=exc.status)
+
+    @app.exception_handler(BackendError)
+    async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason, "code": exc.code}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Malformed JSON or wrong field types are the client's to fix: 400, one reason.
+        return JSONResponse({"detail": _reason(exc), "code": "invalid_request"}, status_code=400)

@@ -1,0 +1,51 @@
+"""Gateway: REST and WebSocket for learners; publishes events, never calls a model."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from redis.asyncio import Redis
+
+from services.gateway import api, errors, ws
+from services.gateway.backend import Backend
+from services.gateway.settings import GatewaySettings
+from shared.broker import make_broker, wait_for_redis
+from shared.logs import setup_logging
+from shared.replies import ReplyRouter
+
+SERVICE = "gateway"
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
+        broker = make_broker(settings, SERVICE)
+        redis: Redis = Redis.from_url(settings.redis_url)
+        replies = ReplyRouter(broker, redis, settings, SERVICE)
+        app.state.settings, app.state.redis = settings, redis
+        app.state.backend = Backend(replies, settings)
+        await broker.start()
+        await replies.start()
+        try:
+            yield
+        finally:
+            await replies.stop()
+            await broker.stop()
+            await redis.aclose()
+
+    app = FastAPI(title="Learning Voice Agent gateway", version=api.VERSION, lifespan=lifespan)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    app.add_middleware(
+        CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"]
+    )
+    errors.install(app)
+    app.include_router(api.router)
+    app.include_router(ws.router)
+    return app
+
+
+settings = GatewaySettings()
+setup_logging(settings.log_level)
+app = create_app(settings)

@@ -1,0 +1,65 @@
+"""REST bodies of the gateway, exactly v1's shapes."""
+
+from datetime import datetime
+
+from pydantic import BaseModel, field_serializer
+
+from shared.events import HistoryItem, Intent, SearchHit
+
+
+class ConversationRequest(BaseModel):
+    session_id: str | None = None
+    text: str | None = None
+    audio_base64: str | None = None
+
+
+class ConversationResponse(BaseModel):
+    session_id: str
+    user_text: str
+    agent_text: str
+    intent: Intent
+    timestamp: datetime
+
+    @field_serializer("timestamp")
+    def _zulu(self, value: datetime) -> str:
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SearchRequest(BaseModel):
+    query: str
+    limit: int = 20
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchHit]
+    count: int
+
+
+class DatabaseStats(BaseModel):
+    total_captures: int
+    unique_sessions: int
+    last_capture: str | None
+
+
+class SessionStats(BaseModel):
+    active: int
+    ids: list[str]
+
+
+class StatsResponse(BaseModel):
+    database: DatabaseStats
+    sessions: SessionStats
+
+
+class HistoryResponse(BaseModel):
+    session_id: str
+    history: list[HistoryItem]
+    count: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    service: str
+    version: str
+    redis: str

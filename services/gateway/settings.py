@@ -1,0 +1,25 @@
+"""Gateway settings: where it listens, how long it waits, and the limits of input."""
+
+from shared.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    port: int = 8000
+    # Seconds to wait for the companion's reply before answering 504 / an error
+    # message. Covers a cold model and a queue of other learners' messages.
+    reply_timeout: float = 30.0
+    # Seconds to wait for the archive (search, history, stats).
+    archive_timeout: float = 10.0
+
+    # Limits of input: beyond them a request gets a 400 / an error message.
+    max_text_chars: int = 4000
+    max_search_query_chars: int = 2000
+    max_search_limit: int = 100
+    max_history_limit: int = 200
+    # /api/stats lists at most this many active session ids (most recent first).
+    stats_max_session_ids: int = 100
+    # Messages one WebSocket may have waiting for replies; more are refused.
+    ws_max_pending: int = 8
+
+    # Comma-separated origins allowed by CORS ("*": any).
+    cors_origins: str = "*"

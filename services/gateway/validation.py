@@ -1,0 +1,55 @@
+"""Checks of what learners send, with the reason a person can act on."""
+
+import re
+
+from shared.events import SESSION_ID_PATTERN
+
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+
+
+class InputError(Exception):
+    """Bad input: the request is refused with `reason` (HTTP `status` on REST)."""
+
+    def __init__(self, reason: str, *, status: int = 400, code: str = "bad_request") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+
+def session_id(value: str) -> str:
+    if not _SESSION_ID.match(value):
+        raise InputError(
+            "session_id must be 1 to 64 characters of letters, digits, '_' or '-'",
+            code="invalid_session_id",
+        )
+    return value
+
+
+def utterance(text: str, max_chars: int) -> str:
+    cleaned = text.strip()
+    if not cleaned:
+        raise InputError("text is empty", code="empty_text")
+    if len(cleaned) > max_chars:
+        raise InputError(
+            f"text is {len(cleaned)} characters long; the limit is {max_chars}",
+            code="text_too_long",
+        )
+    return cleaned
+
+
+def search_query(query: str, max_chars: int) -> str:
+    if not query.strip():
+        raise InputError("query is empty", code="empty_query")
+    if len(query) > max_chars:
+        raise InputError(
+            f"query is {len(query)} characters long; the limit is {max_chars}",
+            code="query_too_long",
+        )
+    return query
+
+
+def limit(value: int, maximum: int, name: str = "limit") -> int:
+    if not 1 <= value <= maximum:
+        raise InputError(f"{name} must be between 1 and {maximum}, got {value}", code="bad_limit")
+    return value

@@ -1,0 +1,142 @@
+"""WebSocket `/ws/{session_id}`: v1's message protocol.
+
+In: `{"type": "text", "text": ...}`, `{"type": "end"}`, `{"type": "ping"}`.
+Out: `{"type": "response", "user_text", "agent_text", "intent"}`,
+`{"type": "summary", "text"}`, `{"type": "pong"}`, and on any problem
+`{"type": "error", "code", "message"}`, after which the connection stays usable.
+Conversation messages are answered in the order sent; a ping is answered at once.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from services.gateway import validation
+from services.gateway.backend import Backend, BackendError
+from services.gateway.settings import GatewaySettings
+from services.gateway.validation import InputError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+KNOWN_TYPES = ("text", "audio", "end", "ping")
+# Close code for a connection refused by policy (RFC 6455): a bad session id.
+POLICY_VIOLATION = 1008
+
+
+def error(code: str, message: str) -> dict[str, str]:
+    return {"type": "error", "code": code, "message": message}
+
+
+class Connection:
+    def __init__(
+        self, ws: WebSocket, backend: Backend, settings: GatewaySettings, session_id: str
+    ) -> None:
+        self._ws = ws
+        self._backend = backend
+        self._settings = settings
+        self._session_id = session_id
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.ws_max_pending)
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if self._ws.application_state is WebSocketState.CONNECTED:
+                await self._ws.send_text(json.dumps(message))
+
+    async def run(self) -> None:
+        worker = asyncio.create_task(self._answer_in_order())
+        try:
+            while True:
+                frame = await self._ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    return
+                if frame.get("text") is None:
+                    await self.send(error("binary_frame", "send JSON messages as text frames"))
+                    continue
+                await self._dispatch(frame["text"])
+        except WebSocketDisconnect:
+            return
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def _dispatch(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            await self.send(error("invalid_json", "message is not valid JSON"))
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "ping":
+            await self.send({"type": "pong"})
+            return
+        if kind not in KNOWN_TYPES:
+            allowed = ", ".join(KNOWN_TYPES)
+            await self.send(error("unknown_type", f"unknown message type {kind!r}; use {allowed}"))
+            return
+        try:
+            if kind == "text":
+                text = message.get("text")
+                if not isinstance(text, str):
+                    raise InputError("a text message needs a string `text`", code="empty_text")
+                message["text"] = validation.utterance(text, self._settings.max_text_chars)
+            elif kind == "audio":
+                raise InputError("audio messages are not supported yet", code="unsupported")
+        except InputError as exc:
+            await self.send(error(exc.code, exc.reason))
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            await self.send(
+                error(
+                    "too_many_pending",
+                    f"{self._settings.ws_max_pending} messages are already waiting for "
+                    "replies; wait for them before sending more",
+                )
+            )
+
+    async def _answer_in_order(self) -> None:
+        while True:
+            message = await self._queue.get()
+            try:
+                await self.send(await self._answer(message))
+            except BackendError as exc:
+                await self.send(error(exc.code, exc.reason))
+            except WebSocketDisconnect:
+                return
+            except Exception:
+                log.exception("failed to answer a message on session %s", self._session_id)
+                await self.send(error("internal", "something went wrong on our side"))
+
+    async def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+        if message["type"] == "end":
+            summary = await self._backend.end(self._session_id, "websocket")
+            return {"type": "summary", "text": summary.text}
+        reply = await self._backend.say(self._session_id, "websocket", message["text"])
+        return {
+            "type": "response",
+            "user_text": reply.user_text,
+            "agent_text": reply.agent_text,
+            "intent": reply.intent,
+        }
+
+
+@router.websocket("/ws/{session_id}")
+async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
+    await ws.accept()
+    try:
+        validation.session_id(session_id)
+    except InputError as exc:
+        await ws.send_text(json.dumps(error(exc.code, exc.reason)))
+        await ws.close(code=POLICY_VIOLATION, reason="invalid session id")
+        return
+    await Connection(ws, ws.app.state.backend, ws.app.state.settings, session_id).run()

@@ -1,0 +1,118 @@
+"""Claude through the Anthropic Messages API, streamed."""
+
+import json
+from collections.abc import Sequence
+
+import anthropic
+import httpx2
+from anthropic.types import MessageParam
+
+from services.responder.providers.base import (
+    ChatMessage,
+    LLMError,
+    LLMRateLimitedError,
+    LLMUnavailableError,
+)
+from services.responder.settings import ResponderSettings
+
+# Error types Anthropic uses when the caller should back off rather than give up;
+# they also arrive as `event: error` in the middle of an otherwise 200 stream.
+_BACK_OFF_TYPES = frozenset({"rate_limit_error", "overloaded_error"})
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(self, settings: ResponderSettings) -> None:
+        key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else ""
+        if not key:
+            raise ValueError("the anthropic provider needs ANTHROPIC_API_KEY")
+        self.model = settings.claude_model
+        self._api_key = key
+        self._base_url = settings.anthropic_base_url or None
+        self._timeout = settings.llm_timeout
+        self._max_retries = settings.llm_max_retries
+        self._client: anthropic.AsyncAnthropic | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = anthropic.AsyncAnthropic(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
+
+    async def complete(
+        self,
+        system: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> str:
+        # `temperature` is deliberately not sent: SDK 2.x speaks API version
+        # 2026-10-21, which rejects every sampling parameter with a 400 (the SDK
+        # no longer even accepts one).
+        del temperature
+        client = self._require_client()
+        history: list[MessageParam] = []
+        for m in messages:
+            if m.role == "user":
+                history.append({"role": "user", "content": m.content})
+            else:
+                history.append({"role": "assistant", "content": m.content})
+        parts: list[str] = []
+        try:
+            stream = await client.messages.create(
+                model=self.model,
+                system=system or anthropic.omit,
+                messages=history,
+                max_tokens=max_tokens,
+                stream=True,
+            )
+            async with stream:
+                async for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        parts.append(event.delta.text)
+        except anthropic.AnthropicError as err:
+            raise _map_error(err) from err
+        except httpx2.HTTPError as err:
+            # The SDK lets transport errors in the middle of a stream (a read
+            # timeout after the headers arrived, a dropped connection) through raw.
+            raise LLMUnavailableError(f"Anthropic stream broke off: {err!r}") from err
+        except json.JSONDecodeError as err:
+            raise LLMUnavailableError(f"Anthropic sent a malformed stream event: {err}") from err
+        text = "".join(parts)
+        if not text.strip():
+            raise LLMUnavailableError("Anthropic returned no text")
+        return text
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def _require_client(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            raise RuntimeError("AnthropicProvider.start() was not called")
+        return self._client
+
+
+def _map_error(err: anthropic.AnthropicError) -> LLMError:
+    if isinstance(err, anthropic.APIStatusError):
+        message = err.api_message or str(err)
+        if (
+            isinstance(err, anthropic.RateLimitError | anthropic.OverloadedError)
+            or err.status_code in (429, 529)
+            or err.type in _BACK_OFF_TYPES
+        ):
+            return LLMRateLimitedError(
+                f"Anthropic asked to back off ({err.status_code}): {message}"
+            )
+        return LLMUnavailableError(f"Anthropic error {err.status_code}: {message}")
+    if isinstance(err, anthropic.APITimeoutError):
+        return LLMUnavailableError("Anthropic request timed out")
+    if isinstance(err, anthropic.APIConnectionError):
+        return LLMUnavailableError(f"cannot reach Anthropic: {err}")
+    return LLMUnavailableError(f"Anthropic request failed: {err}")

@@ -1,0 +1,65 @@
+"""The one interface every language-model provider implements, and its errors."""
+
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ChatMessage(BaseModel):
+    """One turn of the conversation history, in the order it happened."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class LLMError(Exception):
+    """The model gave no reply. Callers pick what to tell the user by subclass."""
+
+
+class LLMRateLimitedError(LLMError):
+    """The provider asked us to slow down (429) or is overloaded (Anthropic's 529)."""
+
+
+class LLMUnavailableError(LLMError):
+    """The provider could not be reached or answered badly.
+
+    Connection errors, timeouts, rejected credentials, 5xx and other error statuses,
+    malformed or empty replies, and failures of the embedded model.
+    """
+
+
+@runtime_checkable
+class LLMProvider(Protocol):
+    """A language model that turns a system prompt and history into a reply.
+
+    `complete` raises only `LLMError` subclasses for provider failures: no SDK
+    exception type crosses this boundary, so callers need not know which provider
+    is configured.
+    """
+
+    # "anthropic", "openai", "local", or a custom provider's own name.
+    name: str
+    # Model name or file, for logs.
+    model: str
+
+    async def start(self) -> None:
+        """Create clients, or load and warm the model; called once per process."""
+        ...
+
+    async def complete(
+        self,
+        system: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> str:
+        """The whole reply text (never empty)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients or the model; the provider is not used afterwards."""
+        ...

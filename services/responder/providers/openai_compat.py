@@ -1,0 +1,114 @@
+"""Any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, OpenAI), streamed."""
+
+import json
+from collections.abc import Sequence
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from services.responder.providers.base import (
+    ChatMessage,
+    LLMError,
+    LLMRateLimitedError,
+    LLMUnavailableError,
+)
+from services.responder.settings import ResponderSettings
+
+# Self-hosted servers ignore the key but the SDK insists on one. Passing it
+# explicitly also stops the SDK from falling back to OPENAI_API_KEY, which belongs
+# to speech-to-text and must not be sent to an unrelated endpoint.
+PLACEHOLDER_API_KEY = "not-needed"
+
+
+class OpenAICompatProvider:
+    name = "openai"
+
+    def __init__(self, settings: ResponderSettings) -> None:
+        if not settings.llm_base_url:
+            raise ValueError(
+                "the openai provider needs LLM_BASE_URL, e.g. http://localhost:11434/v1 "
+                "(Ollama) or https://api.openai.com/v1"
+            )
+        self.model = settings.llm_model
+        self._base_url = settings.llm_base_url
+        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
+        self._api_key = key or PLACEHOLDER_API_KEY
+        self._timeout = settings.llm_timeout
+        self._max_retries = settings.llm_max_retries
+        self._client: openai.AsyncOpenAI | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                base_url=self._base_url,
+                api_key=self._api_key,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
+
+    async def complete(
+        self,
+        system: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> str:
+        client = self._require_client()
+        chat: list[ChatCompletionMessageParam] = []
+        if system:
+            chat.append({"role": "system", "content": system})
+        for m in messages:
+            if m.role == "user":
+                chat.append({"role": "user", "content": m.content})
+            else:
+                chat.append({"role": "assistant", "content": m.content})
+        parts: list[str] = []
+        try:
+            # `max_tokens`, not `max_completion_tokens`: the self-hosted servers this
+            # provider exists for understand only the older name.
+            stream = await client.chat.completions.create(
+                model=self.model,
+                messages=chat,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            )
+            async with stream:
+                async for chunk in stream:
+                    # Some servers send chunks without choices (usage, keep-alives).
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        parts.append(chunk.choices[0].delta.content)
+        except openai.OpenAIError as err:
+            raise _map_error(err) from err
+        except httpx2.HTTPError as err:
+            raise LLMUnavailableError(f"{self._base_url} stream broke off: {err!r}") from err
+        except json.JSONDecodeError as err:
+            raise LLMUnavailableError(f"{self._base_url} sent a malformed chunk: {err}") from err
+        text = "".join(parts)
+        if not text.strip():
+            raise LLMUnavailableError(f"{self._base_url} returned no text")
+        return text
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def _require_client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            raise RuntimeError("OpenAICompatProvider.start() was not called")
+        return self._client
+
+
+def _map_error(err: openai.OpenAIError) -> LLMError:
+    if isinstance(err, openai.RateLimitError):
+        return LLMRateLimitedError(f"endpoint asked to back off (429): {err.message}")
+    if isinstance(err, openai.APIStatusError):
+        return LLMUnavailableError(f"endpoint error {err.status_code}: {err.message}")
+    if isinstance(err, openai.APITimeoutError):
+        return LLMUnavailableError("endpoint request timed out")
+    if isinstance(err, openai.APIConnectionError):
+        return LLMUnavailableError(f"cannot reach endpoint: {err}")
+    return LLMUnavailableError(f"endpoint request failed: {err}")

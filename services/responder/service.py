@@ -1,0 +1,102 @@
+"""The responder's decisions, free of any broker: an utterance in, a reply and an
+exchange out. The FastStream handlers in `main` only deliver what this returns."""
+
+import logging
+
+from services.responder.context import ContextStore
+from services.responder.intent import detect_intent
+from services.responder.prompts import (
+    RATE_LIMITED_REPLY,
+    SYSTEM_PROMPT,
+    UNAVAILABLE_REPLY,
+    UNEXPECTED_REPLY,
+    build_messages,
+)
+from services.responder.providers.base import (
+    LLMProvider,
+    LLMRateLimitedError,
+    LLMUnavailableError,
+)
+from services.responder.settings import ResponderSettings
+from services.responder.shaping import shape_reply
+from services.responder.summary import summarize
+from shared.events import (
+    ConversationReply,
+    ExchangeCompleted,
+    SessionEndRequested,
+    SummaryReply,
+    UtteranceReceived,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Responder:
+    def __init__(self, store: ContextStore, llm: LLMProvider, settings: ResponderSettings) -> None:
+        self._store = store
+        self._llm = llm
+        self._settings = settings
+
+    async def _generate(self, event: UtteranceReceived) -> tuple[str, bool]:
+        """The companion's words, and whether they came from the model."""
+        context = await self._store.load(event.session_id)
+        try:
+            raw = await self._llm.complete(
+                SYSTEM_PROMPT,
+                build_messages(context, event.text),
+                max_tokens=self._settings.claude_max_tokens,
+                temperature=self._settings.claude_temperature,
+            )
+        except LLMRateLimitedError:
+            log.warning("model %s is rate limited; session %s", self._llm.name, event.session_id)
+            return RATE_LIMITED_REPLY, False
+        except LLMUnavailableError as exc:
+            log.error("model %s unavailable: %s", self._llm.name, exc)
+            return UNAVAILABLE_REPLY, False
+        except Exception:
+            log.exception("model %s failed unexpectedly", self._llm.name)
+            return UNEXPECTED_REPLY, False
+        return shape_reply(event.text, raw), True
+
+    async def answer(self, event: UtteranceReceived) -> tuple[ConversationReply, ExchangeCompleted]:
+        intent = detect_intent(event.text)
+        agent_text, from_model = await self._generate(event)
+        now = utcnow()
+        # An apology would only confuse the model next turn: context keeps real
+        # exchanges. The archive keeps everything the learner said.
+        if from_model:
+            await self._store.record(
+                session_id=event.session_id,
+                event_id=event.event_id,
+                source=event.source,
+                user=event.text,
+                agent=agent_text,
+                at=now,
+            )
+        reply = ConversationReply(
+            in_reply_to=event.event_id,
+            session_id=event.session_id,
+            user_text=event.text,
+            agent_text=agent_text,
+            intent=intent,
+            timestamp=now,
+        )
+        exchange = ExchangeCompleted(
+            event_id=event.event_id,
+            session_id=event.session_id,
+            source=event.source,
+            occurred_at=event.occurred_at,
+            user_text=event.text,
+            agent_text=agent_text,
+            intent=intent,
+            input=event.input,
+            responder=self._settings.instance_id,
+        )
+        return reply, exchange
+
+    async def end(self, event: SessionEndRequested) -> SummaryReply:
+        context = await self._store.end(event.session_id)
+        return SummaryReply(
+            in_reply_to=event.event_id, session_id=event.session_id, text=summarize(context)
+        )
