@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f]")
 # Lone surrogates (possible in JSON "\ud800") cannot be encoded as UTF-8.
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\ud800-\udfff]")
 
+# The targeted form of INSERT OR IGNORE: only a duplicate event_id is skipped;
+# any other constraint failure (a NULL text, say) still raises.
 _INSERT = """
 INSERT INTO captures (event_id, session_id, timestamp, user_text, agent_text, metadata)
 VALUES (?, ?, ?, ?, ?, ?)
@@ -54,6 +57,9 @@ FROM capture_stats AS s WHERE s.id = 1
 
 def clean_text(text: str) -> str:
     """`text` without C0 control characters (except \\t, \\n) or lone surrogates."""
+    if _UNSAFE.search(text) is None:
+        # The usual case, and a quarter of the cost of substituting.
+        return text
     text = _CONTROL_CHARS.sub("", text)
     return _SURROGATES.sub("\ufffd", text)
 
@@ -151,9 +157,14 @@ class Archive:
             raise
 
     async def close(self) -> None:
-        """Close every connection. Safe to call twice, or after a failed open()."""
-        connections = [*self._readers, *([self._writer] if self._writer else [])]
-        self._writer = None
+        """Close every connection. Safe to call twice, or after a failed open().
+
+        A batch being written is committed first; searches still running on a
+        reader fail.
+        """
+        async with self._write_lock:
+            writer, self._writer = self._writer, None
+        connections = [*self._readers, *([writer] if writer else [])]
         self._readers = []
         self._idle_readers = asyncio.LifoQueue()
         for conn in connections:
@@ -182,7 +193,9 @@ class Archive:
         try:
             yield conn
         finally:
-            self._idle_readers.put_nowait(conn)
+            # Not if the archive was closed (and maybe reopened) meanwhile.
+            if conn in self._readers:
+                self._idle_readers.put_nowait(conn)
 
     def _writer_conn(self) -> aiosqlite.Connection:
         if self._writer is None:
@@ -209,7 +222,9 @@ class Archive:
                 await cursor.close()
                 await writer.execute("COMMIT")
             except BaseException:
-                await writer.execute("ROLLBACK")
+                # Some errors (disk full, ...) have rolled back already.
+                if writer.in_transaction:
+                    await writer.execute("ROLLBACK")
                 raise
         return inserted
 

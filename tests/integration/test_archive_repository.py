@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from services.archiver import db, search
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings, database_path
 from shared.events import ExchangeCompleted
@@ -407,6 +408,84 @@ async def test_closed_archive_refuses_work(tmp_path: Path) -> None:
     await archive.close()
     with pytest.raises(RuntimeError):
         await archive.save_many([exchange("late")])
+
+
+@pytest.fixture
+def large_archive_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a 200-row archive take the paths of a 1,000,000-row one.
+
+    Every row counts as "large archive", and a word in more than 40 rows as
+    too common to rank by.
+    """
+    monkeypatch.setattr(search, "EXACT_RANKING_MAX_ROWS", 0)
+    monkeypatch.setattr(search, "DENSITY_WINDOW", 1000)
+    monkeypatch.setattr(search, "COUNT_BUDGET_ROWS", 40)
+    monkeypatch.setattr(search, "SCAN_BUDGET_ROWS", 40)
+
+
+async def zebra_archive(archive: Archive) -> dict[str, int]:
+    """197 rows of filler with "the", then three zebras; returns their ids."""
+    await archive.save_many([exchange(f"the filler row {i}") for i in range(100)])
+    await archive.save_many([exchange("the zebra zebra", session_id="short-twice")])
+    await archive.save_many([exchange(f"the filler row {i}") for i in range(100, 150)])
+    await archive.save_many([exchange(f"the zebra {FILLER}", session_id="long-once")])
+    await archive.save_many([exchange("a zebra and the sun", session_id="short-once")])
+    await archive.save_many([exchange(f"the filler row {i}") for i in range(150, 197)])
+    ids = {h.session_id: h.id for h in await archive.search("zebra", 10)}
+    assert len(ids) == 3
+    return ids
+
+
+@pytest.mark.usefixtures("large_archive_rules")
+async def test_large_archive_ranks_by_affordable_words(archive: Archive) -> None:
+    ids = await zebra_archive(archive)
+    assert (await archive.stats())[0] == 200
+
+    # A single rare word: bm25() of the query itself.
+    assert [h.session_id for h in await archive.search("zebra", 10)] == [
+        "short-twice",
+        "short-once",
+        "long-once",
+    ]
+    # "the" is in every row: too common to rank by, so the newest come first.
+    assert [h.id for h in await archive.search("the", 3)] == [200, 199, 198]
+    # Words ANDed: ranked by "zebra" alone.
+    assert [h.session_id for h in await archive.search("the zebra", 10)] == [
+        "short-twice",
+        "short-once",
+        "long-once",
+    ]
+    # A phrase selects; its words rank ("a zebra and the sun" has no "the zebra").
+    hits = await archive.search('"the zebra"', 10)
+    assert [h.session_id for h in hits] == ["short-twice", "long-once"]
+    assert "<mark>the zebra</mark>" in hits[0].user_snippet
+    assert ids["short-twice"] < ids["long-once"]
+
+
+@pytest.mark.usefixtures("large_archive_rules")
+async def test_large_archive_without_scan_budget_returns_newest(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await zebra_archive(archive)
+    monkeypatch.setattr(search, "SCAN_BUDGET_ROWS", 0)
+    assert [h.session_id for h in await archive.search("the zebra", 10)] == [
+        "short-once",
+        "long-once",
+        "short-twice",
+    ]
+
+
+async def test_newest_matches_forwards_backwards_and_past_the_cap(archive: Archive) -> None:
+    ids = await zebra_archive(archive)
+    conn = await db.connect(archive.path, busy_timeout_ms=1000, read_only=True)
+    try:
+        newest_three = sorted(ids.values(), reverse=True)
+        for estimate in (0, 10**6):
+            assert await search._newest(conn, '"zebra"', 2, estimate) == newest_three[:2]
+        # Estimated few, but "the" is in 200 rows: over the forward cap (4 x 5).
+        assert await search._newest(conn, '"the"', 5, 0) == [200, 199, 198, 197, 196]
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize(
