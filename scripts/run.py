@@ -25,7 +25,7 @@ from shared.settings import CommonSettings
 log = logging.getLogger("run")
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("gateway", "responder", "archiver")
+SERVICES = ("gateway", "transcriber", "responder", "archiver")
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
 

@@ -51,12 +51,15 @@ async def conversation(
     body: ConversationRequest, backend: BackendDep, settings: SettingsDep
 ) -> ConversationResponse:
     session_id = validation.session_id(body.session_id or str(uuid.uuid4()))
-    if body.text is None and body.audio_base64 is None:
+    # As in v1, a clip wins over text when both are sent.
+    if body.audio_base64 is not None:
+        audio = validation.audio_base64(body.audio_base64, settings.max_audio_bytes)
+        reply = await backend.hear(session_id, "api", audio)
+    elif body.text is not None:
+        text = validation.utterance(body.text, settings.max_text_chars)
+        reply = await backend.say(session_id, "api", text)
+    else:
         raise HTTPException(400, "No input provided: send `text` or `audio_base64`")
-    if body.text is None:
-        raise HTTPException(400, "audio_base64 is not supported yet: send `text`")
-    text = validation.utterance(body.text, settings.max_text_chars)
-    reply = await backend.say(session_id, "api", text)
     return ConversationResponse(
         session_id=session_id,
         user_text=reply.user_text,

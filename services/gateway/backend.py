@@ -7,10 +7,12 @@ and waits on its own reply stream (shared.replies.ReplyRouter).
 from typing import TypeVar
 
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
 from services.gateway.settings import GatewaySettings
 from shared.events import (
     ArchiveQuery,
+    AudioReceived,
     ConversationReply,
     ErrorReply,
     Event,
@@ -25,9 +27,16 @@ from shared.events import (
     StatsReply,
     SummaryReply,
     UtteranceReceived,
+    new_id,
 )
 from shared.replies import ReplyRouter, ReplyTimeoutError
-from shared.streams import ARCHIVE_QUERIES, SESSION_END_REQUESTED, UTTERANCE_RECEIVED
+from shared.streams import (
+    ARCHIVE_QUERIES,
+    AUDIO_RECEIVED,
+    SESSION_END_REQUESTED,
+    UTTERANCE_RECEIVED,
+    Keys,
+)
 
 R = TypeVar("R", bound=Reply)
 
@@ -53,8 +62,9 @@ class BackendError(Exception):
 
 
 class Backend:
-    def __init__(self, router: ReplyRouter, settings: GatewaySettings) -> None:
+    def __init__(self, router: ReplyRouter, redis: Redis, settings: GatewaySettings) -> None:
         self._router = router
+        self._redis = redis
         self._settings = settings
 
     async def _ask(
@@ -89,6 +99,20 @@ class Backend:
             session_id=session_id, source=source, text=text, reply_to=self._router.stream
         )
         return await self._event(UTTERANCE_RECEIVED, event, ConversationReply)
+
+    async def hear(self, session_id: str, source: Source, audio: bytes) -> ConversationReply:
+        """A clip: its bytes wait in Redis (claim check), the event carries the key."""
+        event_id = new_id()
+        event = AudioReceived(
+            event_id=event_id,
+            session_id=session_id,
+            source=source,
+            reply_to=self._router.stream,
+            audio_key=Keys.audio(event_id),
+            size_bytes=len(audio),
+        )
+        await self._redis.set(event.audio_key, audio, ex=self._settings.audio_ttl)
+        return await self._event(AUDIO_RECEIVED, event, ConversationReply)
 
     async def end(self, session_id: str, source: Source) -> SummaryReply:
         event = SessionEndRequested(

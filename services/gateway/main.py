@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from services.gateway import api, errors, ws
 from services.gateway.backend import Backend
+from services.gateway.limits import BodySizeLimit
 from services.gateway.settings import GatewaySettings
 from shared.broker import make_broker, wait_for_redis
 from shared.logs import setup_logging
@@ -25,7 +26,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         redis: Redis = Redis.from_url(settings.redis_url)
         replies = ReplyRouter(broker, redis, settings, SERVICE)
         app.state.settings, app.state.redis = settings, redis
-        app.state.backend = Backend(replies, settings)
+        app.state.backend = Backend(replies, redis, settings)
         await broker.start()
         await replies.start()
         try:
@@ -40,6 +41,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(
         CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"]
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     app.include_router(api.router)
     app.include_router(ws.router)

@@ -13,6 +13,8 @@ class GatewaySettings(CommonSettings):
 
     # Limits of input: beyond them a request gets a 400 / an error message.
     max_text_chars: int = 4000
+    # A clip (v1: 25 MB); its base64 in a request may be a third larger.
+    max_audio_bytes: int = 25 * 1024 * 1024
     max_search_query_chars: int = 2000
     max_search_limit: int = 100
     max_history_limit: int = 200
@@ -21,5 +23,13 @@ class GatewaySettings(CommonSettings):
     # Messages one WebSocket may have waiting for replies; more are refused.
     ws_max_pending: int = 8
 
+    # Seconds a clip's bytes wait in Redis for the transcriber (claim check).
+    audio_ttl: int = 300
+
     # Comma-separated origins allowed by CORS ("*": any).
     cors_origins: str = "*"
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request or WebSocket message: a clip in base64 plus JSON around it."""
+        return self.max_audio_bytes * 4 // 3 + 64 * 1024

@@ -1,5 +1,7 @@
 """Checks of what learners send, with the reason a person can act on."""
 
+import base64
+import binascii
 import re
 
 from shared.events import SESSION_ID_PATTERN
@@ -53,3 +55,29 @@ def limit(value: int, maximum: int, name: str = "limit") -> int:
     if not 1 <= value <= maximum:
         raise InputError(f"{name} must be between 1 and {maximum}, got {value}", code="bad_limit")
     return value
+
+
+def audio_base64(encoded: str, max_bytes: int) -> bytes:
+    """Decode a clip sent as base64 (a `data:` URL prefix is accepted too)."""
+    if encoded.startswith("data:"):
+        encoded = encoded.partition(",")[2]
+    compact = "".join(encoded.split())
+    if not compact:
+        raise InputError("the audio is empty", code="invalid_audio")
+    if len(compact) * 3 // 4 > max_bytes + 2:
+        raise InputError(
+            f"the audio is larger than {max_bytes // (1024 * 1024)} MB",
+            status=413,
+            code="audio_too_large",
+        )
+    try:
+        data = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the audio is not valid base64", code="invalid_audio") from None
+    if len(data) > max_bytes:
+        raise InputError(
+            f"the audio is larger than {max_bytes // (1024 * 1024)} MB",
+            status=413,
+            code="audio_too_large",
+        )
+    return data

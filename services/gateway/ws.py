@@ -1,6 +1,7 @@
 """WebSocket `/ws/{session_id}`: v1's message protocol.
 
-In: `{"type": "text", "text": ...}`, `{"type": "end"}`, `{"type": "ping"}`.
+In: `{"type": "text", "text": ...}`, `{"type": "audio", "audio": <base64>}`,
+`{"type": "end"}`, `{"type": "ping"}`.
 Out: `{"type": "response", "user_text", "agent_text", "intent"}`,
 `{"type": "summary", "text"}`, `{"type": "pong"}`, and on any problem
 `{"type": "error", "code", "message"}`, after which the connection stays usable.
@@ -89,7 +90,10 @@ class Connection:
                     raise InputError("a text message needs a string `text`", code="empty_text")
                 message["text"] = validation.utterance(text, self._settings.max_text_chars)
             elif kind == "audio":
-                raise InputError("audio messages are not supported yet", code="unsupported")
+                audio = message.get("audio")
+                if not isinstance(audio, str):
+                    raise InputError("an audio message needs base64 `audio`", code="invalid_audio")
+                message["audio"] = validation.audio_base64(audio, self._settings.max_audio_bytes)
         except InputError as exc:
             await self.send(error(exc.code, exc.reason))
             return
@@ -121,7 +125,10 @@ class Connection:
         if message["type"] == "end":
             summary = await self._backend.end(self._session_id, "websocket")
             return {"type": "summary", "text": summary.text}
-        reply = await self._backend.say(self._session_id, "websocket", message["text"])
+        if message["type"] == "audio":
+            reply = await self._backend.hear(self._session_id, "websocket", message["audio"])
+        else:
+            reply = await self._backend.say(self._session_id, "websocket", message["text"])
         return {
             "type": "response",
             "user_text": reply.user_text,

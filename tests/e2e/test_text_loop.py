@@ -4,41 +4,16 @@ SQLite, and the embedded language model that `make run` uses."""
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import websockets
 
-from tests.support.redis_server import local_redis
-from tests.support.services import ServiceProcess, running
+from tests.e2e.conftest import ws_url
+from tests.support.services import ServiceProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServiceProcess]]:
-    tmp = tmp_path_factory.mktemp("e2e")
-    with local_redis() as redis:
-        env = {
-            "REDIS_URL": redis.url,
-            "LLM_PROVIDER": "local",
-            "DATABASE_URL": f"sqlite:///{tmp / 'archive.db'}",
-            "REPLY_TIMEOUT": "60",
-        }
-        with running(["archiver", "responder", "gateway"], env, tmp) as services:
-            yield services
-
-
-@pytest.fixture
-async def api(stack: dict[str, ServiceProcess]) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack["gateway"].base_url, timeout=90) as client:
-        yield client
-
-
-def ws_url(stack: dict[str, ServiceProcess], session: str) -> str:
-    return stack["gateway"].base_url.replace("http", "ws", 1) + f"/ws/{session}"
 
 
 async def until(check: Any, timeout: float = 20.0) -> Any:

@@ -15,7 +15,12 @@ import httpx
 from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-HEALTH_PORT_VAR = {"gateway": "PORT", "responder": "HEALTH_PORT", "archiver": "HEALTH_PORT"}
+HEALTH_PORT_VAR = {
+    "gateway": "PORT",
+    "transcriber": "HEALTH_PORT",
+    "responder": "HEALTH_PORT",
+    "archiver": "HEALTH_PORT",
+}
 
 
 @dataclass

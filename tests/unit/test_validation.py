@@ -32,3 +32,24 @@ def test_good_session_ids(good: str) -> None:
 def test_bad_session_ids(bad: str) -> None:
     with pytest.raises(InputError):
         validation.session_id(bad)
+
+
+def test_audio_base64_decodes_plain_and_data_urls() -> None:
+    assert validation.audio_base64("UklGRg==", 100) == b"RIFF"
+    assert validation.audio_base64("data:audio/webm;base64,UklG\nRg==", 100) == b"RIFF"
+
+
+@pytest.mark.parametrize(
+    ("encoded", "code", "status"),
+    [
+        ("", "invalid_audio", 400),
+        ("   ", "invalid_audio", 400),
+        ("not base64!", "invalid_audio", 400),
+        ("UklGR", "invalid_audio", 400),
+        ("A" * 200, "audio_too_large", 413),
+    ],
+)
+def test_bad_audio_base64(encoded: str, code: str, status: int) -> None:
+    with pytest.raises(InputError) as caught:
+        validation.audio_base64(encoded, 100)
+    assert (caught.value.code, caught.value.status) == (code, status)

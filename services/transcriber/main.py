@@ -1,0 +1,9 @@
+"""Transcriber worker: a learner's clip in, their words out to the responder."""
+
+from services.transcriber.app import build
+from services.transcriber.settings import TranscriberSettings
+from shared.logs import setup_logging
+
+settings = TranscriberSettings()
+setup_logging(settings.log_level)
+broker, app = build(settings)
