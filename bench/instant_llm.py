@@ -7,7 +7,7 @@ default: it exists only in this folder.
 
 from collections.abc import Sequence
 
-from services.responder.providers.base import ChatMessage
+from services.responder.providers.base import ChatMessage, StopWhen
 from services.responder.settings import ResponderSettings
 
 
@@ -28,6 +28,7 @@ class InstantProvider:
         *,
         max_tokens: int,
         temperature: float,
+        enough: StopWhen | None = None,
     ) -> str:
         return f"Interesting: {messages[-1].content[:40]}. What made you think of that?"
 

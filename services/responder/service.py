@@ -18,7 +18,7 @@ from services.responder.providers.base import (
     LLMUnavailableError,
 )
 from services.responder.settings import ResponderSettings
-from services.responder.shaping import shape_reply
+from services.responder.shaping import enough_sentences, shape_reply
 from services.responder.summary import summarize
 from shared.events import (
     ConversationReply,
@@ -47,6 +47,7 @@ class Responder:
                 build_messages(context, event.text),
                 max_tokens=self._settings.claude_max_tokens,
                 temperature=self._settings.claude_temperature,
+                enough=enough_sentences,
             )
         except LLMRateLimitedError:
             log.warning("model %s is rate limited; session %s", self._llm.name, event.session_id)

@@ -26,6 +26,15 @@ def sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
+def enough_sentences(generated: str) -> bool:
+    """True once the model has finished more sentences than a reply keeps.
+
+    A fourth sentence has begun only after the third ended, so everything kept is
+    complete; the rest would be generated (and waited for) only to be cut.
+    """
+    return len(sentences(generated)) > MAX_SENTENCES
+
+
 def clean(raw: str) -> str:
     """Strip role labels and extra whitespace; keep at most three sentences."""
     text = raw.strip()

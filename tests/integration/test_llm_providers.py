@@ -139,6 +139,21 @@ async def test_streamed_reply_comes_back_whole(target: Target, make: Make) -> No
     assert target.server.last_request.body["stream"] is True
 
 
+async def test_generation_stops_once_the_caller_has_enough(target: Target, make: Make) -> None:
+    provider = await make(**target.config)
+    seen: list[str] = []
+
+    def enough(text: str) -> bool:
+        seen.append(text)
+        return len(text.split()) >= 4
+
+    reply = await provider.complete(SYSTEM, HISTORY, max_tokens=150, temperature=0.4, enough=enough)
+    # Pieces of two words arrive: the stream is left at the first that reaches four.
+    assert REPLY.startswith(reply)
+    assert 4 <= len(reply.split()) < len(REPLY.split())
+    assert seen[-1] == reply
+
+
 async def test_anthropic_request_carries_prompt_model_limit_and_history(
     anthropic_wire: AnthropicWireServer, make: Make
 ) -> None:

@@ -62,6 +62,18 @@ async def test_short_prompt_gets_a_reply(provider: LocalProvider) -> None:
     assert provider.model == BUNDLED_MODEL_FILE
 
 
+async def test_generation_stops_once_the_caller_has_enough(provider: LocalProvider) -> None:
+    reply = await provider.complete(
+        SYSTEM,
+        question("Explain photosynthesis in detail."),
+        max_tokens=150,
+        temperature=0.7,
+        enough=lambda text: len(text.split()) >= 5,
+    )
+    # A token adds at most a word or two: far fewer than 150 tokens were generated.
+    assert 5 <= len(reply.split()) <= 8
+
+
 async def test_history_is_accepted(provider: LocalProvider) -> None:
     history = [
         ChatMessage(role="user", content="What is two plus two?"),

@@ -34,7 +34,7 @@ def base_env(redis_url: str, llm: OpenAIWireServer, db: Path) -> dict[str, str]:
         "LLM_BASE_URL": llm.base_url,
         "LLM_MAX_RETRIES": "0",
         "DATABASE_URL": f"sqlite:///{db}",
-        "REPLY_TIMEOUT": "20",
+        "REPLY_TIMEOUT": "60",
         "RECLAIM_IDLE_MS": "1500",
         "RECLAIM_INTERVAL_S": "0.5",
     }
@@ -55,7 +55,7 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> No
 
 
 async def converse(gateway: ServiceProcess, session: str, text: str) -> dict[str, str]:
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=90) as client:
         response = await client.post(
             "/api/conversation", json={"session_id": session, "text": text}
         )

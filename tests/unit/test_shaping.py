@@ -1,5 +1,11 @@
 from services.responder.context import ContextExchange
-from services.responder.shaping import EMPTY_REPLY_FALLBACK, clean, sentences, shape_reply
+from services.responder.shaping import (
+    EMPTY_REPLY_FALLBACK,
+    clean,
+    enough_sentences,
+    sentences,
+    shape_reply,
+)
 from services.responder.summary import NO_TOPICS, summarize
 
 
@@ -48,3 +54,9 @@ def test_summary_names_the_topics_most_talked_about() -> None:
 
 def test_summary_of_an_empty_session() -> None:
     assert summarize([]) == NO_TOPICS
+
+
+def test_enough_once_a_fourth_sentence_has_begun() -> None:
+    assert not enough_sentences("One. Two. Three.")
+    assert not enough_sentences("One. Two. Three. ")
+    assert enough_sentences("One. Two. Three. F")

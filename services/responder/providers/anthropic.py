@@ -12,6 +12,7 @@ from services.responder.providers.base import (
     LLMError,
     LLMRateLimitedError,
     LLMUnavailableError,
+    StopWhen,
 )
 from services.responder.settings import ResponderSettings
 
@@ -50,6 +51,7 @@ class AnthropicProvider:
         *,
         max_tokens: int,
         temperature: float,
+        enough: StopWhen | None = None,
     ) -> str:
         # `temperature` is deliberately not sent: SDK 2.x speaks API version
         # 2026-10-21, which rejects every sampling parameter with a 400 (the SDK
@@ -75,6 +77,9 @@ class AnthropicProvider:
                 async for event in stream:
                     if event.type == "content_block_delta" and event.delta.type == "text_delta":
                         parts.append(event.delta.text)
+                        # Leaving the block closes the stream: no more tokens billed.
+                        if enough is not None and enough("".join(parts)):
+                            break
         except anthropic.AnthropicError as err:
             raise _map_error(err) from err
         except httpx2.HTTPError as err:

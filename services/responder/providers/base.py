@@ -1,6 +1,6 @@
 """The one interface every language-model provider implements, and its errors."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -13,6 +13,10 @@ class ChatMessage(BaseModel):
 
     role: Literal["user", "assistant"]
     content: str
+
+
+# Called with the reply generated so far; True ends the generation there.
+StopWhen = Callable[[str], bool]
 
 
 class LLMError(Exception):
@@ -56,8 +60,13 @@ class LLMProvider(Protocol):
         *,
         max_tokens: int,
         temperature: float,
+        enough: "StopWhen | None" = None,
     ) -> str:
-        """The whole reply text (never empty)."""
+        """The whole reply text (never empty).
+
+        With `enough`, generation stops as soon as `enough(text_so_far)` is true:
+        a caller that keeps three sentences need not wait for (or pay for) a tenth.
+        """
         ...
 
     async def aclose(self) -> None:

