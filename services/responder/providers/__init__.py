@@ -1,8 +1,5 @@
 """Language-model providers behind one interface, and the rule that picks one."""
 
-import importlib
-from typing import Any
-
 from services.responder.providers.base import (
     ChatMessage,
     LLMError,
@@ -11,6 +8,7 @@ from services.responder.providers.base import (
     LLMUnavailableError,
 )
 from services.responder.settings import ResponderSettings
+from shared.plugins import load_factory
 
 __all__ = [
     "BUILTIN_PROVIDERS",
@@ -59,36 +57,10 @@ def create_provider(settings: ResponderSettings) -> LLMProvider:
 
         return LocalProvider(settings)
     if ":" in choice:
-        return _from_factory(choice, settings)
+        # mypy takes no Protocol as type[T] (python/mypy#4717); it is only isinstance-checked.
+        what = "name, model, start, complete, aclose"
+        return load_factory("LLM_PROVIDER", choice, settings, LLMProvider, what)  # type: ignore[type-abstract]
     raise ValueError(
         f"LLM_PROVIDER={choice!r} is not one of {', '.join(BUILTIN_PROVIDERS)} "
         "or a 'package.module:factory' path"
     )
-
-
-def _from_factory(spec: str, settings: ResponderSettings) -> LLMProvider:
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"LLM_PROVIDER={spec!r}: expected 'package.module:factory'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"LLM_PROVIDER={spec!r}: cannot import {module_name!r}: {err}") from err
-    for attr in attr_path.split("."):
-        try:
-            target = getattr(target, attr)
-        except AttributeError as err:
-            raise ValueError(
-                f"LLM_PROVIDER={spec!r}: {module_name!r} has no {attr_path!r}"
-            ) from err
-    if not callable(target):
-        raise ValueError(f"LLM_PROVIDER={spec!r}: {attr_path!r} is not callable")
-    provider = target(settings)
-    # A structural check only (attributes present), but it catches a factory that
-    # returns the wrong thing at startup instead of on the first message.
-    if not isinstance(provider, LLMProvider):
-        raise TypeError(
-            f"LLM_PROVIDER={spec!r} returned {type(provider).__name__}, which lacks the "
-            "LLMProvider attributes (name, model, start, complete, aclose)"
-        )
-    return provider

@@ -1,8 +1,5 @@
 """Speech-to-text strategies behind one interface, and the rule that picks one."""
 
-import importlib
-from typing import Any
-
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt.base import (
     SpeechToText,
@@ -10,6 +7,7 @@ from services.transcriber.stt.base import (
     STTRateLimitedError,
     STTUnavailableError,
 )
+from shared.plugins import load_factory
 
 __all__ = [
     "BUILTIN_STT",
@@ -51,36 +49,10 @@ def create_stt(settings: TranscriberSettings) -> SpeechToText:
 
         return LocalWhisperSTT(settings)
     if ":" in choice:
-        return _from_factory(choice, settings)
+        # mypy takes no Protocol as type[T] (python/mypy#4717); it is only isinstance-checked.
+        what = "name, model, start, transcribe, aclose"
+        return load_factory("STT_PROVIDER", choice, settings, SpeechToText, what)  # type: ignore[type-abstract]
     raise ValueError(
         f"STT_PROVIDER={choice!r} is not one of {', '.join(BUILTIN_STT)} "
         "or a 'package.module:factory' path"
     )
-
-
-def _from_factory(spec: str, settings: TranscriberSettings) -> SpeechToText:
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"STT_PROVIDER={spec!r}: expected 'package.module:factory'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"STT_PROVIDER={spec!r}: cannot import {module_name!r}: {err}") from err
-    for attr in attr_path.split("."):
-        try:
-            target = getattr(target, attr)
-        except AttributeError as err:
-            raise ValueError(
-                f"STT_PROVIDER={spec!r}: {module_name!r} has no {attr_path!r}"
-            ) from err
-    if not callable(target):
-        raise ValueError(f"STT_PROVIDER={spec!r}: {attr_path!r} is not callable")
-    stt = target(settings)
-    # A structural check only (attributes present), but it catches a factory that
-    # returns the wrong thing at startup instead of on the first clip.
-    if not isinstance(stt, SpeechToText):
-        raise TypeError(
-            f"STT_PROVIDER={spec!r} returned {type(stt).__name__}, which lacks the "
-            "SpeechToText attributes (name, model, start, transcribe, aclose)"
-        )
-    return stt
