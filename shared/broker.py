@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from faststream.redis import RedisBroker
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,11 +23,25 @@ def make_broker(settings: CommonSettings, service: str) -> RedisBroker:
     # sees what the services decide, not every stream entry.
     return RedisBroker(
         settings.redis_url,
+        # redis-py's pool fails at once beyond its size instead of waiting (100 by
+        # default): sized for every publish a busy gateway has in flight.
+        max_connections=settings.redis_max_connections,
         log_level=logging.DEBUG,
         logger=logging.getLogger(f"lva.{service}.broker"),
         middlewares=broker_middlewares(settings, service),
         graceful_timeout=10.0,
     )
+
+
+def redis_client(settings: CommonSettings) -> Redis:
+    """A client for the service's own Redis work (context, claim checks, replies).
+
+    Its pool waits for a free connection instead of failing when all are busy.
+    """
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_max_connections, timeout=10
+    )
+    return Redis(connection_pool=pool)
 
 
 async def wait_for_redis(url: str, timeout: float) -> None:

@@ -4,15 +4,21 @@ Each gateway (and later telephony) instance reads replies from a stream of its o
 `replies.<service>.<instance>`, so with several instances on one Redis every reply
 reaches the one that holds the waiting connection. Requests carry that stream name
 in `reply_to`; the reply carries the request id in `in_reply_to`.
+
+Requests go out through the broker (FastStream's message format and headers, so
+trace context travels with them). Replies are read with a plain XREAD loop: the
+stream is private, needs no consumer group or acknowledgement, and a busy gateway
+should not pay a subscriber pipeline's cost per reply.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import cast
 
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBroker
+from faststream.redis.parser import BinaryMessageFormatV1
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -24,10 +30,13 @@ from shared.streams import REPLY_STREAMS, reply_stream
 log = logging.getLogger(__name__)
 
 _reply_adapter: TypeAdapter[AnyReply] = TypeAdapter(AnyReply)
+_DATA = b"__data__"  # the field FastStream's producer writes a message to
 
 HEARTBEAT_S = 30.0
 # A reply stream whose owner has not beaten for this long belongs to a dead instance.
 STALE_AFTER_S = 300.0
+READ_BLOCK_MS = 1000
+READ_BATCH = 500
 
 
 class ReplyTimeoutError(Exception):
@@ -47,17 +56,17 @@ class ReplyRouter:
         self._settings = settings
         self.stream = reply_stream(service, settings.instance_id)
         self._pending: dict[str, asyncio.Future[AnyReply]] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
-        broker.subscriber(stream=StreamSub(self.stream), title=f"{service}-replies")(self._on_reply)
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    async def _on_reply(self, body: dict[str, Any]) -> None:
+    def _deliver(self, raw: bytes | None) -> None:
         try:
-            reply = _reply_adapter.validate_python(body)
-        except ValidationError:
+            body, _headers = BinaryMessageFormatV1.parse(raw or b"")
+            reply = _reply_adapter.validate_json(body)
+        except (ValidationError, ValueError):
             log.exception("unreadable reply on %s dropped", self.stream)
             return
         future = self._pending.get(reply.in_reply_to)
@@ -65,6 +74,27 @@ class ReplyRouter:
             log.info("reply to %s arrived after its deadline", reply.in_reply_to)
             return
         future.set_result(reply)
+
+    async def _read_forever(self) -> None:
+        # The stream is this process's own (its instance id is new at every start),
+        # so reading it from the beginning cannot pick up anyone else's replies.
+        last: bytes | str = "0-0"
+        while True:
+            try:
+                batches = cast(
+                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                    await self._redis.xread(
+                        {self.stream: last}, count=READ_BATCH, block=READ_BLOCK_MS
+                    ),
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("reading replies from %s failed (%s); retrying", self.stream, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _stream, entries in batches:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    self._deliver(fields.get(_DATA))
 
     async def request(
         self, stream: str, message: BaseModel, request_id: str, timeout: float
@@ -82,13 +112,17 @@ class ReplyRouter:
 
     async def start(self) -> None:
         await self._beat()
-        self._heartbeat = asyncio.create_task(self._beat_forever(), name="reply-heartbeat")
+        self._tasks = [
+            asyncio.create_task(self._read_forever(), name="reply-reader"),
+            asyncio.create_task(self._beat_forever(), name="reply-heartbeat"),
+        ]
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+                await task
         # Redis may be gone already (shutting down together): the stream then expires
         # through the heartbeat registry of the instances that remain.
         with contextlib.suppress(RedisError, OSError, TimeoutError):

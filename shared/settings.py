@@ -28,6 +28,9 @@ class CommonSettings(BaseSettings):
     # counts as active in /api/stats.
     redis_ttl: int = 1800
     instance_id: str = Field(default_factory=default_instance_id)
+    # Connections each pool of a service may open to Redis (there are two: the
+    # broker's and the service's own).
+    redis_max_connections: int = 512
     # How long a starting service waits for Redis to answer before giving up.
     redis_connect_timeout: float = 30.0
     # XADD MAXLEN ~ cap on every stream: far above normal lag, it only bounds

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings
-from shared.broker import ensure_groups, make_broker, wait_for_redis
+from shared.broker import ensure_groups, make_broker, redis_client, wait_for_redis
 from shared.delivery import Reclaimer
 from shared.events import (
     AnyArchiveQuery,
@@ -117,7 +117,7 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
 
     async def start() -> None:
         await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
-        rt.redis = Redis.from_url(settings.redis_url)
+        rt.redis = redis_client(settings)
         await ensure_groups(rt.redis, Groups.ARCHIVER, (EXCHANGE_COMPLETED,))
         rt.archive = Archive.from_settings(settings)
         await rt.archive.open()

@@ -8,4 +8,7 @@ uvicorn.run(
     port=settings.port,
     log_config=None,
     ws_max_size=settings.max_body_bytes,
+    # Replies are ~150-byte JSON and clips are already compressed audio: per-message
+    # deflate would cost ~40 KiB of memory per connection and gain nothing.
+    ws_per_message_deflate=False,
 )

@@ -2,7 +2,7 @@
 
 import uuid
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -27,7 +27,7 @@ router = APIRouter()
 
 
 @router.get("/health", response_model=HealthResponse)
-async def health(redis: RedisDep) -> JSONResponse:
+async def health(redis: RedisDep, request: Request) -> JSONResponse:
     try:
         await redis.ping()
         redis_state, status = "ok", 200
@@ -38,6 +38,7 @@ async def health(redis: RedisDep) -> JSONResponse:
         service="gateway",
         version=VERSION,
         redis=redis_state,
+        websockets=request.app.state.connections.open,
     )
     return JSONResponse(body.model_dump(), status_code=status)
 

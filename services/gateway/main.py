@@ -5,13 +5,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from redis.asyncio import Redis
 
 from services.gateway import api, errors, ws
 from services.gateway.backend import Backend
 from services.gateway.limits import BodySizeLimit
+from services.gateway.memory import ConnectionGauge
 from services.gateway.settings import GatewaySettings
-from shared.broker import make_broker, wait_for_redis
+from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
 from shared.replies import ReplyRouter
 
@@ -23,10 +23,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
         broker = make_broker(settings, SERVICE)
-        redis: Redis = Redis.from_url(settings.redis_url)
+        redis = redis_client(settings)
         replies = ReplyRouter(broker, redis, settings, SERVICE)
         app.state.settings, app.state.redis = settings, redis
         app.state.backend = Backend(replies, redis, settings)
+        app.state.connections = ConnectionGauge()
         await broker.start()
         await replies.start()
         try:

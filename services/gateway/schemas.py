@@ -63,3 +63,5 @@ class HealthResponse(BaseModel):
     service: str
     version: str
     redis: str
+    # Open WebSocket connections on this instance.
+    websockets: int

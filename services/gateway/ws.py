@@ -146,4 +146,9 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
         await ws.send_text(json.dumps(error(exc.code, exc.reason)))
         await ws.close(code=POLICY_VIOLATION, reason="invalid session id")
         return
-    await Connection(ws, ws.app.state.backend, ws.app.state.settings, session_id).run()
+    gauge = ws.app.state.connections
+    gauge.opened()
+    try:
+        await Connection(ws, ws.app.state.backend, ws.app.state.settings, session_id).run()
+    finally:
+        gauge.closed()

@@ -11,7 +11,7 @@ from services.responder.context import ContextStore
 from services.responder.providers import create_provider
 from services.responder.service import Responder
 from services.responder.settings import ResponderSettings
-from shared.broker import ensure_groups, make_broker, wait_for_redis
+from shared.broker import ensure_groups, make_broker, redis_client, wait_for_redis
 from shared.delivery import Reclaimer
 from shared.events import SessionEndRequested, UtteranceReceived
 from shared.streams import EXCHANGE_COMPLETED, SESSION_END_REQUESTED, UTTERANCE_RECEIVED, Groups
@@ -53,7 +53,7 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
 
     async def start() -> None:
         await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
-        rt.redis = Redis.from_url(settings.redis_url)
+        rt.redis = redis_client(settings)
         await ensure_groups(rt.redis, Groups.RESPONDER, CONSUMED)
         store = ContextStore(
             rt.redis, max_exchanges=settings.max_context_exchanges, ttl_s=settings.redis_ttl

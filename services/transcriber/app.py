@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from services.transcriber.service import Transcriber
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt import create_stt
-from shared.broker import ensure_groups, make_broker, wait_for_redis
+from shared.broker import ensure_groups, make_broker, redis_client, wait_for_redis
 from shared.delivery import Reclaimer
 from shared.events import AudioReceived, UtteranceReceived
 from shared.streams import AUDIO_RECEIVED, UTTERANCE_RECEIVED, Groups
@@ -48,7 +48,7 @@ def build(settings: TranscriberSettings) -> tuple[RedisBroker, AsgiFastStream]:
 
     async def start() -> None:
         await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
-        rt.redis = Redis.from_url(settings.redis_url)
+        rt.redis = redis_client(settings)
         await ensure_groups(rt.redis, Groups.TRANSCRIBER, (AUDIO_RECEIVED,))
         rt.transcriber = Transcriber(rt.redis, stt, settings)
         # The model loads and warms before the first clip is read: never per message.
