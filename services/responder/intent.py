@@ -13,6 +13,8 @@ _QUESTION_START = {
     "can", "could", "would", "should", "is", "are", "was", "were",
     "do", "does", "did", "will", "shall", "may", "might", "have", "has",
 }  # fmt: skip
+# Requests for an explanation ask as much as a question does.
+_REQUEST_START = re.compile(r"^(tell me|explain|describe|help me understand|can you)\b")
 _REFLECTION = re.compile(
     r"\b(i think|i thought|i reali[sz]ed?|i learn(ed|t)|i noticed|i wonder|i feel|"
     r"i understand|i believe|it seems|makes me think|i guess)\b"
@@ -27,6 +29,8 @@ def detect_intent(text: str) -> Intent:
     if words and len(words) <= _MAX_END_WORDS and _END.match(" ".join(words)):
         return "end_conversation"
     if lowered.rstrip().endswith("?") or (words and words[0] in _QUESTION_START):
+        return "question"
+    if _REQUEST_START.match(" ".join(words)):
         return "question"
     if _REFLECTION.search(lowered):
         return "reflection"

@@ -9,6 +9,8 @@ from services.responder.intent import detect_intent
         ("What is a closure?", "question"),
         ("how do neural networks learn", "question"),
         ("Is recursion the same as iteration", "question"),
+        ("Tell me how volcanoes form and why some of them erupt.", "question"),
+        ("Explain closures to me", "question"),
         ("I wonder whether this scales", "reflection"),
         ("I think I finally understand pointers.", "reflection"),
         ("Today I realised that types help me.", "reflection"),
