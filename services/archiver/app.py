@@ -95,7 +95,12 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
     # A query is acknowledged on receipt: if this replica dies while answering, the
     # gateway's deadline already tells the learner, and a late answer helps nobody.
     @broker.subscriber(
-        stream=StreamSub(ARCHIVE_QUERIES, group=Groups.ARCHIVER, consumer=settings.instance_id),
+        stream=StreamSub(
+            ARCHIVE_QUERIES,
+            group=Groups.ARCHIVER,
+            consumer=settings.instance_id,
+            max_records=settings.archive_read_connections,
+        ),
         max_workers=settings.archive_read_connections,
         ack_policy=AckPolicy.ACK_FIRST,
     )

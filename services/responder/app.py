@@ -35,7 +35,14 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
     background = BackgroundTasks()
 
     def group(stream: str) -> "StreamSub[Literal[False]]":
-        return StreamSub(stream, group=Groups.RESPONDER, consumer=settings.instance_id)
+        # A replica claims at most what it works on at once, so a backlog is shared
+        # among replicas instead of hoarded by the one that read first.
+        return StreamSub(
+            stream,
+            group=Groups.RESPONDER,
+            consumer=settings.instance_id,
+            max_records=settings.responder_concurrency,
+        )
 
     async def reply(message: BaseModel, reply_to: str | None) -> None:
         if reply_to:

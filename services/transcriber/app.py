@@ -31,8 +31,13 @@ def build(settings: TranscriberSettings) -> tuple[RedisBroker, AsgiFastStream]:
     rt = _Runtime()
     background = BackgroundTasks()
 
+    # A replica claims at most what it works on at once, so a backlog of clips is
+    # shared among replicas instead of hoarded by the one that read first.
     stream: StreamSub[Literal[False]] = StreamSub(
-        AUDIO_RECEIVED, group=Groups.TRANSCRIBER, consumer=settings.instance_id
+        AUDIO_RECEIVED,
+        group=Groups.TRANSCRIBER,
+        consumer=settings.instance_id,
+        max_records=settings.transcriber_concurrency,
     )
 
     @broker.subscriber(stream=stream, max_workers=settings.transcriber_concurrency)
