@@ -4,7 +4,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from faststream.redis import RedisBroker
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -67,11 +66,6 @@ async def wait_for_redis(url: str, timeout: float) -> None:
                 delay = min(delay * 2, 2.0)
     finally:
         await client.aclose()
-
-
-def publish_kwargs(settings: CommonSettings) -> dict[str, Any]:
-    """Options every XADD of this project uses (capped streams)."""
-    return {"maxlen": settings.stream_maxlen}
 
 
 async def ensure_groups(redis: Redis, group: str, streams: Sequence[str]) -> None:

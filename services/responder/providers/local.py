@@ -9,7 +9,12 @@ from typing import cast
 import llama_cpp
 from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatCompletionStreamResponse
 
-from services.responder.providers.base import ChatMessage, LLMUnavailableError, StopWhen
+from services.responder.providers.base import (
+    ChatMessage,
+    LLMUnavailableError,
+    StopWhen,
+    chat_messages,
+)
 from services.responder.settings import ResponderSettings
 from shared.model_thread import ModelThread, default_threads
 
@@ -93,14 +98,8 @@ class LocalProvider:
     ) -> str:
         if not self._thread.started:
             raise RuntimeError("LocalProvider.start() was not called")
-        chat: list[ChatCompletionRequestMessage] = []
-        if system:
-            chat.append({"role": "system", "content": system})
-        for m in messages:
-            if m.role == "user":
-                chat.append({"role": "user", "content": m.content})
-            else:
-                chat.append({"role": "assistant", "content": m.content})
+        # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
+        chat = cast(list[ChatCompletionRequestMessage], chat_messages(system, messages))
         try:
             text = await self._thread.run(
                 lambda llm, cancelled: self._generate(

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Sequence
+from typing import cast
 
 import httpx2
 import openai
@@ -13,6 +14,7 @@ from services.responder.providers.base import (
     LLMRateLimitedError,
     LLMUnavailableError,
     StopWhen,
+    chat_messages,
 )
 from services.responder.settings import ResponderSettings
 
@@ -58,14 +60,8 @@ class OpenAICompatProvider:
         enough: StopWhen | None = None,
     ) -> str:
         client = self._require_client()
-        chat: list[ChatCompletionMessageParam] = []
-        if system:
-            chat.append({"role": "system", "content": system})
-        for m in messages:
-            if m.role == "user":
-                chat.append({"role": "user", "content": m.content})
-            else:
-                chat.append({"role": "assistant", "content": m.content})
+        # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
+        chat = cast(list[ChatCompletionMessageParam], chat_messages(system, messages))
         parts: list[str] = []
         try:
             # `max_tokens`, not `max_completion_tokens`: the self-hosted servers this
