@@ -4,6 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # llama-cpp-python compiles from source where pip has no wheel cached: use every core.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# On x86_64, build for AVX2 rather than for this very CPU: llama.cpp built with
+# GGML_NATIVE on a CPU with AMX and AVX-512 (Intel Xeon, Sapphire Rapids and later)
+# crashes with a segmentation fault at the first generation. Set CMAKE_ARGS to
+# override (e.g. CMAKE_ARGS=-DGGML_NATIVE=ON where that works).
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
 
 .PHONY: install install-dev run test lint bench clean
 

@@ -1,8 +1,10 @@
 """`make run`: Redis (if none answers at REDIS_URL) and every service, one terminal.
 
-honcho runs the services and multiplexes their logs; Ctrl-C stops them all. A Redis
-started here comes up before the services and goes down after them, so no service
-spends its shutdown reconnecting to a Redis that already left.
+honcho runs the services and multiplexes their logs; Ctrl-C stops them all. Each
+service runs under `scripts.keep_running`, which starts it again (with backoff) if
+it exits by itself, since honcho would otherwise stop everything when one process
+ends. A Redis started here comes up before the services and goes down after them,
+so no service spends its shutdown reconnecting to a Redis that already left.
 """
 
 import contextlib
@@ -95,7 +97,11 @@ def run_services(port: str) -> int:
     manager = Manager()
     for service in SERVICES:
         manager.add_process(
-            service, f"exec {sys.executable} -m services.{service}", env=env, cwd=str(ROOT)
+            service,
+            f"exec {sys.executable} -m scripts.keep_running -- "
+            f"{sys.executable} -m services.{service}",
+            env=env,
+            cwd=str(ROOT),
         )
     log.info("the gateway listens on http://localhost:%s (Ctrl-C stops everything)", port)
     manager.loop()

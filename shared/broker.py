@@ -3,12 +3,13 @@
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from typing import Any
 
 from faststream.redis import RedisBroker
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import CommonSettings
@@ -16,8 +17,34 @@ from shared.telemetry import broker_middlewares
 
 log = logging.getLogger(__name__)
 
+# The first retry comes at once (the usual case: one pooled connection died with
+# the old server, the next connect succeeds); later ones back off.
+_RETRY_BACKOFF_BASE_S = 0.05
 
-def make_broker(settings: CommonSettings, service: str) -> RedisBroker:
+
+def connection_options(settings: CommonSettings) -> dict[str, Any]:
+    """What every Redis connection of a service is opened with, broker's and own.
+
+    Without a retry policy redis-py gives up on the first broken connection, and
+    after a Redis restart every pooled connection is broken: each would fail one
+    caller. With it, the command is sent again on a new connection.
+    """
+    return {
+        "retry": Retry(
+            EqualJitterBackoff(cap=settings.redis_retry_backoff_max, base=_RETRY_BACKOFF_BASE_S),
+            settings.redis_retries,
+        ),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": settings.redis_health_check_interval,
+        "socket_keepalive": True,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": min(5.0, settings.redis_socket_timeout),
+    }
+
+
+def make_broker(
+    settings: CommonSettings, service: str, *, middlewares: tuple[Any, ...] = ()
+) -> RedisBroker:
     # Per-message "received/processed" lines go to DEBUG: at INFO an operator
     # sees what the services decide, not every stream entry.
     return RedisBroker(
@@ -27,8 +54,9 @@ def make_broker(settings: CommonSettings, service: str) -> RedisBroker:
         max_connections=settings.redis_max_connections,
         log_level=logging.DEBUG,
         logger=logging.getLogger(f"lva.{service}.broker"),
-        middlewares=broker_middlewares(settings, service),
+        middlewares=(*broker_middlewares(settings, service), *middlewares),
         graceful_timeout=10.0,
+        **connection_options(settings),
     )
 
 
@@ -38,7 +66,10 @@ def redis_client(settings: CommonSettings) -> Redis:
     Its pool waits for a free connection instead of failing when all are busy.
     """
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_max_connections, timeout=10
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=10,
+        **connection_options(settings),
     )
     return Redis(connection_pool=pool)
 
@@ -66,19 +97,3 @@ async def wait_for_redis(url: str, timeout: float) -> None:
                 delay = min(delay * 2, 2.0)
     finally:
         await client.aclose()
-
-
-async def ensure_groups(redis: Redis, group: str, streams: Sequence[str]) -> None:
-    """Create the service's consumer groups, reading from the start of each stream.
-
-    FastStream would create them at "$" (only messages published after that moment),
-    so an utterance published before a worker's very first start would be skipped.
-    Created here at "0" before the broker starts, a group sees every message that
-    waited for it; on later starts the groups exist and this changes nothing.
-    """
-    for stream in streams:
-        try:
-            await redis.xgroup_create(stream, group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise

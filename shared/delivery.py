@@ -8,15 +8,24 @@ a failure count, so any live replica takes them. After MAX_DELIVERIES failed
 deliveries the entry goes to the `dead.letters` stream for an operator instead of
 failing forever. Handlers are idempotent (event ids), so a delivery that was slow
 rather than lost costs work, not correctness.
+
+A live consumer keeps what it holds: on every tick its reclaimer renews its own
+pending entries (XCLAIM ... JUSTID resets their idle time), so a slow model call
+or a long queue inside the process never looks like a dead consumer. Only entries
+it let go of (their handler raised, see `Leases`) age, and are reclaimed.
 """
 
 import asyncio
 import logging
 import time
+from collections import defaultdict
+from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
 
+from faststream import BaseMiddleware
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from shared.settings import CommonSettings
 from shared.streams import DEAD_LETTERS
@@ -26,6 +35,76 @@ log = logging.getLogger(__name__)
 FAILED_FIELD = b"lva-failed"
 # A consumer idle this long with nothing pending is a replica that is gone.
 DEAD_CONSUMER_IDLE_MS = 3_600_000
+# Pending entries read per XPENDING call when renewing.
+_RENEW_BATCH = 500
+
+
+class Leases:
+    """The entries this process read but will not finish: their handler raised.
+
+    Everything else this consumer has pending is being worked on, or waits in the
+    process for a free worker, and is renewed. Ids leave the set once they are no
+    longer pending (reclaimed by a replica, or acknowledged).
+    """
+
+    def __init__(self) -> None:
+        self._let_go: defaultdict[str, set[bytes]] = defaultdict(set)
+
+    def let_go(self, stream: str, ids: Sequence[bytes]) -> None:
+        self._let_go[stream].update(ids)
+
+    def middleware(self) -> Any:
+        """A FastStream broker middleware that lets go of entries whose handler raised."""
+        leases = self
+
+        class _LetGoOnError(BaseMiddleware):
+            async def after_processed(
+                self,
+                exc_type: type[BaseException] | None = None,
+                exc_val: BaseException | None = None,
+                exc_tb: TracebackType | None = None,
+            ) -> bool | None:
+                raw = self.msg if isinstance(self.msg, dict) else {}
+                if exc_type is not None and raw.get("message_ids"):
+                    leases.let_go(str(raw.get("channel", "")), list(raw["message_ids"]))
+                return False
+
+        return _LetGoOnError
+
+    async def renew(self, redis: Redis, stream: str, group: str, consumer: str) -> int:
+        """Reset the idle time of every entry this consumer still holds; return how many."""
+        held: list[bytes] = []
+        start: Any = "-"
+        while True:
+            entries = await redis.xpending_range(
+                stream, group, min=start, max="+", count=_RENEW_BATCH, consumername=consumer
+            )
+            held.extend(_as_bytes(e["message_id"]) for e in entries)
+            if len(entries) < _RENEW_BATCH:
+                break
+            start = b"(" + held[-1]
+        let_go = self._let_go.get(stream, set())
+        let_go.intersection_update(held)
+        keep: list[Any] = [i for i in held if i not in let_go]
+        for chunk in range(0, len(keep), _RENEW_BATCH):
+            await redis.xclaim(
+                stream,
+                group,
+                consumer,
+                min_idle_time=0,
+                message_ids=keep[chunk : chunk + _RENEW_BATCH],
+                justid=True,
+            )
+        return len(keep)
+
+
+def _as_bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def is_missing_group(exc: BaseException) -> bool:
+    """The error Redis gives when a stream or its consumer group does not exist."""
+    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
 
 
 class Reclaimer:
@@ -36,12 +115,14 @@ class Reclaimer:
         *,
         stream: str,
         group: str,
+        leases: Leases,
     ) -> None:
         self._redis = redis
         self._settings = settings
         self.stream = stream
         self.group = group
         self.consumer = settings.instance_id
+        self._leases = leases
 
     async def run_once(self) -> int:
         """Claim every entry idle past the limit; return how many were handed back."""
@@ -111,16 +192,22 @@ class Reclaimer:
             ):
                 await self._redis.xgroup_delconsumer(self.stream, self.group, name)
 
+    async def tick(self) -> None:
+        # Own entries first: an entry of ours must never look idle to the claim below.
+        await self._leases.renew(self._redis, self.stream, self.group, self.consumer)
+        await self.run_once()
+
     async def run(self) -> None:
         last_cleanup = 0.0
         while True:
             try:
-                await self.run_once()
+                await self.tick()
                 if time.monotonic() - last_cleanup > 600:
                     await self.forget_dead_consumers()
                     last_cleanup = time.monotonic()
             except RedisError as exc:
-                # The group may not exist yet (subscriber still starting) or Redis
-                # is briefly away: try again on the next tick.
-                log.debug("reclaim of %s skipped: %s", self.stream, exc)
+                # A missing group is the supervisor's to recreate (shared.supervision),
+                # and Redis being away is retried: both end on a later tick.
+                level = logging.DEBUG if is_missing_group(exc) else logging.WARNING
+                log.log(level, "reclaim of %s skipped: %s", self.stream, exc)
             await asyncio.sleep(self._settings.reclaim_interval_s)

@@ -30,7 +30,17 @@ class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class Event(Message):
+class Expiring(Message):
+    # When the asker stops waiting (the gateway sets its REPLY_TIMEOUT after
+    # `occurred_at`); None: no one waits, the work is never stale. Workers skip
+    # what nobody will read, so a backlog after an outage drains at once.
+    deadline: datetime | None = None
+
+    def past_deadline(self, now: datetime | None = None) -> bool:
+        return self.deadline is not None and (now or utcnow()) >= self.deadline
+
+
+class Event(Expiring):
     event_id: str = Field(default_factory=new_id)
     session_id: SessionId
     source: Source
@@ -71,6 +81,9 @@ class ExchangeCompleted(Event):
     input: Literal["text", "audio"] = "text"
     # Instance id of the responder replica that answered (for operators).
     responder: str = ""
+    # The asker had given up before the model was asked: `agent_text` is empty,
+    # and the learner's words are kept all the same.
+    expired: bool = False
 
 
 # Replies: sent by a worker to the `reply_to` stream of the asking instance.
@@ -155,7 +168,7 @@ AnyReply = Annotated[
 # Requests to the archiver, the only reader of the database (request-reply).
 
 
-class ArchiveQuery(Message):
+class ArchiveQuery(Expiring):
     query_id: str = Field(default_factory=new_id)
     reply_to: str
     occurred_at: datetime = Field(default_factory=utcnow)

@@ -10,3 +10,4 @@ def setup_logging(level: str) -> None:
     # Per-request access lines would drown the conversation logs at INFO.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)

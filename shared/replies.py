@@ -9,6 +9,10 @@ Requests go out through the broker (FastStream's message format and headers, so
 trace context travels with them). Replies are read with a plain XREAD loop: the
 stream is private, needs no consumer group or acknowledgement, and a busy gateway
 should not pay a subscriber pipeline's cost per reply.
+
+Workers answer through `ReplySender`, which writes only to a reply stream whose
+instance is registered: a reply that comes after its instance stopped (and deleted
+its stream) is dropped instead of creating a stream nobody would ever delete.
 """
 
 import asyncio
@@ -19,11 +23,12 @@ from typing import cast
 
 from faststream.redis import RedisBroker
 from faststream.redis.parser import BinaryMessageFormatV1
+from opentelemetry import propagate
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.events import AnyReply
+from shared.events import AnyReply, Reply
 from shared.settings import CommonSettings
 from shared.streams import REPLY_STREAMS, reply_stream
 
@@ -32,11 +37,68 @@ log = logging.getLogger(__name__)
 _reply_adapter: TypeAdapter[AnyReply] = TypeAdapter(AnyReply)
 _DATA = b"__data__"  # the field FastStream's producer writes a message to
 
-HEARTBEAT_S = 30.0
+# An instance re-registers this often; after a Redis flush its replies are dropped
+# for at most this long.
+HEARTBEAT_S = 5.0
 # A reply stream whose owner has not beaten for this long belongs to a dead instance.
 STALE_AFTER_S = 300.0
 READ_BLOCK_MS = 1000
 READ_BATCH = 500
+# The reader counts as running while its last read returned this recently.
+READER_STALE_S = READ_BLOCK_MS / 1000 * 5
+
+# KEYS: reply stream, registry. ARGV: maxlen, field, data, ttl for an unowned stream.
+# A registered stream takes the reply. An unregistered one takes nothing while the
+# registry exists (its instance stopped). With no registry at all, Redis lost its
+# data (a flush, or a restart without persistence) and registrations come back
+# within a heartbeat: the reply is delivered, and a stream it had to create expires
+# unless its instance registers again (which removes the expiry).
+_SEND = """
+if not redis.call('ZSCORE', KEYS[2], KEYS[1]) then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
+  if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+  return 1
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
+return 1
+"""
+
+
+class ReplySender:
+    """Sends a worker's replies to the reply stream of the instance that asked."""
+
+    def __init__(self, redis: Redis, settings: CommonSettings) -> None:
+        self._maxlen = settings.reply_stream_maxlen
+        self._script = redis.register_script(_SEND)
+
+    async def send(self, reply: Reply, reply_to: str | None) -> bool:
+        """Deliver `reply`; False when nobody waits for it (no asker, or gone)."""
+        if not reply_to:
+            return False
+        headers: dict[str, str] = {
+            "content-type": "application/json",
+            "correlation_id": reply.in_reply_to,
+        }
+        # The consume span of the request is current here: the reply joins its trace.
+        propagate.inject(headers)
+        data = await BinaryMessageFormatV1.encode(
+            message=reply.model_dump_json().encode(),
+            reply_to=None,
+            headers=headers,
+            correlation_id=reply.in_reply_to,
+        )
+        sent = await self._script(
+            keys=[reply_to, REPLY_STREAMS],
+            args=[self._maxlen, _DATA, data, int(STALE_AFTER_S)],
+        )
+        if not sent:
+            log.info(
+                "reply to %s dropped: %s belongs to an instance that stopped",
+                reply.in_reply_to,
+                reply_to,
+            )
+        return bool(sent)
 
 
 class ReplyTimeoutError(Exception):
@@ -57,6 +119,18 @@ class ReplyRouter:
         self.stream = reply_stream(service, settings.instance_id)
         self._pending: dict[str, asyncio.Future[AnyReply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_read: float | None = None
+
+    @property
+    def reader_state(self) -> str:
+        """ "ok" while replies are being read, "reconnecting" while Redis is away,
+        "stopped" if the reader is not running at all."""
+        reader = self._tasks[0] if self._tasks else None
+        if reader is None or reader.done():
+            return "stopped"
+        if self._last_read is None or time.monotonic() - self._last_read > READER_STALE_S:
+            return "reconnecting"
+        return "ok"
 
     def _deliver(self, raw: bytes | None) -> None:
         try:
@@ -75,6 +149,7 @@ class ReplyRouter:
         # The stream is this process's own (its instance id is new at every start),
         # so reading it from the beginning cannot pick up anyone else's replies.
         last: bytes | str = "0-0"
+        failing = False
         while True:
             try:
                 batches = cast(
@@ -84,9 +159,15 @@ class ReplyRouter:
                     ),
                 )
             except (RedisError, OSError) as exc:
-                log.warning("reading replies from %s failed (%s); retrying", self.stream, exc)
+                if not failing:
+                    log.warning("reading replies from %s failed (%s); retrying", self.stream, exc)
+                failing = True
                 await asyncio.sleep(1.0)
                 continue
+            if failing:
+                log.warning("reading replies from %s again", self.stream)
+                failing = False
+            self._last_read = time.monotonic()
             for _stream, entries in batches:
                 for entry_id, fields in entries:
                     last = entry_id
@@ -95,12 +176,19 @@ class ReplyRouter:
     async def request(
         self, stream: str, message: BaseModel, request_id: str, timeout: float
     ) -> AnyReply:
-        """Publish `message` to `stream` and wait for the reply to `request_id`."""
+        """Publish `message` to `stream` and wait for the reply to `request_id`.
+
+        The whole wait, publishing included, ends after `timeout` seconds. A
+        RedisError means the request could not be published.
+        """
         future: asyncio.Future[AnyReply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self._broker.publish(message, stream=stream, maxlen=self._settings.stream_maxlen)
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                await self._broker.publish(
+                    message, stream=stream, maxlen=self._settings.stream_maxlen
+                )
+                return await future
         except TimeoutError as exc:
             raise ReplyTimeoutError(request_id) from exc
         finally:
@@ -129,8 +217,17 @@ class ReplyRouter:
 
     async def _beat(self) -> None:
         now = time.time()
-        await self._redis.zadd(REPLY_STREAMS, {self.stream: now})
-        stale = await self._redis.zrangebyscore(REPLY_STREAMS, 0, now - STALE_AFTER_S)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(REPLY_STREAMS, {self.stream: now})
+            # A reply written while the registry was lost set an expiry: it is ours.
+            pipe.persist(self.stream)
+            pipe.zrangebyscore(REPLY_STREAMS, 0, now - STALE_AFTER_S)
+            added, _, stale = await pipe.execute()
+        if added and self._tasks:
+            log.warning(
+                "%s was no longer registered (Redis lost its data); registered again",
+                self.stream,
+            )
         if stale:
             log.info("removing %d reply streams of instances that stopped", len(stale))
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -143,5 +240,7 @@ class ReplyRouter:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self._beat()
+            except (RedisError, OSError) as exc:
+                log.warning("reply stream heartbeat failed: %s", exc)
             except Exception:
                 log.exception("reply stream heartbeat failed")

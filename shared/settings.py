@@ -18,7 +18,7 @@ def default_instance_id() -> str:
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
     redis_url: str = "redis://localhost:6379"
     # Interface the service's HTTP server (API, or a worker's /health) binds to.
@@ -33,6 +33,17 @@ class CommonSettings(BaseSettings):
     redis_max_connections: int = 512
     # How long a starting service waits for Redis to answer before giving up.
     redis_connect_timeout: float = 30.0
+    # A command that meets a broken connection (Redis restarted, failed over, a
+    # connection it closed) is retried on a fresh one this many times, backing off
+    # up to REDIS_RETRY_BACKOFF_MAX seconds between tries: about 6 s in all, so a
+    # restart of a few seconds is invisible to callers.
+    redis_retries: int = 10
+    redis_retry_backoff_max: float = 1.0
+    # Seconds a command may wait for Redis's answer (blocking reads wait at most 1 s
+    # of that); without it, a Redis that stops answering would hang every caller.
+    redis_socket_timeout: float = 10.0
+    # A pooled connection unused this long is checked with PING before it is used.
+    redis_health_check_interval: float = 15.0
     # XADD MAXLEN ~ cap on every stream: far above normal lag, it only bounds
     # memory when a consumer group is gone for a long time.
     stream_maxlen: int = 100_000
@@ -44,5 +55,8 @@ class CommonSettings(BaseSettings):
     reclaim_interval_s: float = 5.0
     # After this many deliveries a message goes to the dead-letter stream.
     max_deliveries: int = 5
+    # How often a worker checks that its consumer groups exist and its subscribers
+    # run, recreating and restarting them after a Redis flush or an empty restart.
+    supervise_interval_s: float = 1.0
     # OTLP/HTTP endpoint of a trace collector (Jaeger :4318); unset: no export.
     otel_exporter_otlp_endpoint: str | None = None

@@ -1,41 +1,38 @@
-"""Running a FastStream worker: its broker plus a `/health` route on HEALTH_PORT."""
+"""What every FastStream worker runs besides its handlers, and how it is served.
+
+A `Worker` owns the broker, the service's own Redis client, the supervisor of its
+consumer groups and subscribers, a reclaimer per stream it reads, and `/health`
+on HEALTH_PORT. A service's `app.py` adds its handlers to `worker.broker` and its
+own start-up and shutdown steps to `worker.app(...)`.
+"""
 
 import asyncio
 import contextlib
+import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
-from faststream.asgi import AsgiFastStream, make_ping_asgi
-from faststream.redis import RedisBroker
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi.types import Scope
+from redis.asyncio import Redis
 
+from shared.broker import make_broker, redis_client, wait_for_redis
+from shared.delivery import Leases, Reclaimer
+from shared.process import attach_server, exit_code
 from shared.settings import CommonSettings
+from shared.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
-
-def worker_app(
-    broker: RedisBroker,
-    *,
-    on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-    after_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
-) -> AsgiFastStream:
-    return AsgiFastStream(
-        broker,
-        asgi_routes=[("/health", make_ping_asgi(broker, timeout=5.0))],
-        on_startup=on_startup,
-        after_startup=after_startup,
-        on_shutdown=on_shutdown,
-    )
-
-
-def serve(app: AsgiFastStream, settings: CommonSettings, port: int) -> None:
-    uvicorn.run(app, host=settings.host, port=port, log_config=None, lifespan="on")
+Hook = Callable[[], Awaitable[None]]
+# A health check must answer quickly even while Redis does not.
+HEALTH_PING_TIMEOUT_S = 1.0
 
 
 class BackgroundTasks:
-    """Long-running helpers of a worker (reclaimers), stopped with it."""
+    """Long-running helpers of a worker (reclaimers, the supervisor), stopped with it."""
 
     def __init__(self) -> None:
         self._tasks: list[asyncio.Task[None]] = []
@@ -53,3 +50,95 @@ class BackgroundTasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+
+class Worker:
+    def __init__(self, settings: CommonSettings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.leases = Leases()
+        self.broker = make_broker(settings, service, middlewares=(self.leases.middleware(),))
+        self.supervisor = Supervisor(self.broker, settings)
+        self._redis: Redis | None = None
+        self._background = BackgroundTasks()
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError(f"{self.service}: Redis is used before start-up")
+        return self._redis
+
+    async def _connect(self) -> None:
+        await wait_for_redis(self.settings.redis_url, self.settings.redis_connect_timeout)
+        self._redis = redis_client(self.settings)
+        # Before the broker starts: its subscribers would create them at "$".
+        await self.supervisor.ensure_groups(self._redis)
+
+    async def _started(self) -> None:
+        for stream, group in self.supervisor.groups():
+            reclaimer = Reclaimer(
+                self.redis, self.settings, stream=stream, group=group, leases=self.leases
+            )
+            self._background.start(f"reclaim-{stream}", reclaimer.run)
+        self._background.start("supervise", self.supervisor.run)
+
+    async def _close(self) -> None:
+        await self._background.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def health(self) -> tuple[bool, dict[str, object]]:
+        """Healthy only with the broker connected, every subscriber running and
+        every group known to exist at a recent check."""
+        broker_ok = await self.broker.ping(HEALTH_PING_TIMEOUT_S)
+        subscriptions = self.supervisor.subscriptions()
+        healthy = broker_ok and self.supervisor.checking and all(s.healthy for s in subscriptions)
+        body: dict[str, object] = {
+            "status": "healthy" if healthy else "degraded",
+            "service": self.service,
+            "instance": self.settings.instance_id,
+            "broker": "ok" if broker_ok else "unreachable",
+            "subscribers": [
+                {
+                    "stream": s.stream,
+                    "group": s.group,
+                    "running": s.running,
+                    "group_exists": s.group_exists,
+                }
+                for s in subscriptions
+            ],
+        }
+        return healthy, body
+
+    def app(
+        self, *, on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = ()
+    ) -> AsgiFastStream:
+        """The ASGI app: Redis and the groups first, then the service's own start-up
+        (models load before the first message is read), then the broker."""
+
+        @get(include_in_schema=False)
+        async def health(scope: Scope) -> AsgiResponse:
+            healthy, body = await self.health()
+            return AsgiResponse(
+                json.dumps(body).encode(),
+                200 if healthy else 503,
+                headers={"content-type": "application/json"},
+            )
+
+        return AsgiFastStream(
+            self.broker,
+            asgi_routes=[("/health", health)],
+            on_startup=[self._connect, *on_startup],
+            after_startup=[self._started],
+            on_shutdown=[*on_shutdown, self._close],
+        )
+
+
+def serve(app: AsgiFastStream, settings: CommonSettings, port: int) -> None:
+    """Run the worker until it is stopped; exit non-zero if it gave up by itself."""
+    config = uvicorn.Config(app, host=settings.host, port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    attach_server(server)
+    server.run()
+    if exit_code():
+        sys.exit(exit_code())

@@ -11,12 +11,9 @@ from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.redis import RedisBroker, StreamSub
 from pydantic import TypeAdapter, ValidationError
-from redis.asyncio import Redis
 
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings
-from shared.broker import ensure_groups, make_broker, redis_client, wait_for_redis
-from shared.delivery import Reclaimer
 from shared.events import (
     AnyArchiveQuery,
     ErrorReply,
@@ -28,8 +25,9 @@ from shared.events import (
     SearchReply,
     StatsReply,
 )
+from shared.replies import ReplySender
 from shared.streams import ARCHIVE_QUERIES, DEAD_LETTERS, EXCHANGE_COMPLETED, Groups
-from shared.worker import BackgroundTasks, worker_app
+from shared.worker import Worker
 
 SERVICE = "archiver"
 log = logging.getLogger(__name__)
@@ -40,8 +38,8 @@ _query_adapter: TypeAdapter[AnyArchiveQuery] = TypeAdapter(AnyArchiveQuery)
 class _Runtime:
     """What the handlers use, created at start-up rather than at import."""
 
-    redis: Redis
     archive: Archive
+    replies: ReplySender
 
 
 async def answer(archive: Archive, query: AnyArchiveQuery) -> Reply:
@@ -61,9 +59,9 @@ async def answer(archive: Archive, query: AnyArchiveQuery) -> Reply:
 
 
 def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
-    broker = make_broker(settings, SERVICE)
+    worker = Worker(settings, SERVICE)
+    broker = worker.broker
     rt = _Runtime()
-    background = BackgroundTasks()
 
     @broker.subscriber(
         stream=StreamSub(
@@ -110,6 +108,11 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
         except ValidationError as exc:
             log.error("unreadable archive query dropped: %s", exc)
             return
+        if query.past_deadline():
+            log.info(
+                "%s query %s expired before it was answered: skipped", query.kind, query.query_id
+            )
+            return
         reply: Reply
         try:
             reply = await answer(rt.archive, query)
@@ -118,23 +121,14 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
             reply = ErrorReply(
                 in_reply_to=query.query_id, code="internal", message="the archive failed to answer"
             )
-        await broker.publish(reply, stream=query.reply_to, maxlen=settings.reply_stream_maxlen)
+        await rt.replies.send(reply, query.reply_to)
 
     async def start() -> None:
-        await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
-        rt.redis = redis_client(settings)
-        await ensure_groups(rt.redis, Groups.ARCHIVER, (EXCHANGE_COMPLETED,))
+        rt.replies = ReplySender(worker.redis, settings)
         rt.archive = Archive.from_settings(settings)
         await rt.archive.open()
 
-    async def started() -> None:
-        reclaimer = Reclaimer(rt.redis, settings, stream=EXCHANGE_COMPLETED, group=Groups.ARCHIVER)
-        background.start("reclaim-exchanges", reclaimer.run)
-
     async def stop() -> None:
-        await background.stop()
         await rt.archive.close()
-        await rt.redis.aclose()
 
-    app = worker_app(broker, on_startup=[start], after_startup=[started], on_shutdown=[stop])
-    return broker, app
+    return broker, worker.app(on_startup=[start], on_shutdown=[stop])

@@ -74,14 +74,16 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def _metadata(exchange: ExchangeCompleted) -> str:
-    return json.dumps(
-        {
-            "source": exchange.source,
-            "intent": exchange.intent,
-            "input": exchange.input,
-            "responder": exchange.responder,
-        }
-    )
+    metadata: dict[str, object] = {
+        "source": exchange.source,
+        "intent": exchange.intent,
+        "input": exchange.input,
+        "responder": exchange.responder,
+    }
+    if exchange.expired:
+        # The learner's words, unanswered: they had stopped waiting.
+        metadata["expired"] = True
+    return json.dumps(metadata)
 
 
 def _row(exchange: ExchangeCompleted) -> tuple[str, str, str, str, str, str]:

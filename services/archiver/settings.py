@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import AliasChoices, Field, field_validator
 
 from shared.settings import CommonSettings
 
@@ -51,7 +51,11 @@ class ArchiverSettings(CommonSettings):
     # writer thanks to WAL.
     archive_read_connections: int = 4
     # /health of this worker (FastStream ping of the broker).
-    health_port: int = 8102
+    # One .env for every service (make run) needs a name per service;
+    # HEALTH_PORT alone still works where the service has an environment of its own.
+    health_port: int = Field(
+        8102, validation_alias=AliasChoices("archiver_health_port", "health_port")
+    )
 
     @field_validator("database_url")
     @classmethod

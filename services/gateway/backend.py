@@ -4,11 +4,15 @@ The gateway never calls a model or opens the database: it publishes a request
 and waits on its own reply stream (shared.replies.ReplyRouter).
 """
 
+import logging
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from services.gateway.intake import Reservation
 from services.gateway.settings import GatewaySettings
 from shared.events import (
     ArchiveQuery,
@@ -28,8 +32,10 @@ from shared.events import (
     SummaryReply,
     UtteranceReceived,
     new_id,
+    utcnow,
 )
 from shared.replies import ReplyRouter, ReplyTimeoutError
+from shared.sessions import active_sessions
 from shared.streams import (
     ARCHIVE_QUERIES,
     AUDIO_RECEIVED,
@@ -38,7 +44,11 @@ from shared.streams import (
     Keys,
 )
 
+log = logging.getLogger(__name__)
+
 R = TypeVar("R", bound=Reply)
+
+UNAVAILABLE = "the service cannot reach its message broker right now; please try again shortly"
 
 # HTTP status for each error a worker can report.
 ERROR_STATUS = {
@@ -61,6 +71,12 @@ class BackendError(Exception):
         self.code = code
 
 
+def unavailable(exc: BaseException) -> BackendError:
+    """What a learner is told when Redis cannot be reached (its retries ran out)."""
+    log.warning("Redis is unavailable: %s", exc)
+    return BackendError(UNAVAILABLE, status=503, code="unavailable")
+
+
 class Backend:
     def __init__(self, router: ReplyRouter, redis: Redis, settings: GatewaySettings) -> None:
         self._router = router
@@ -72,6 +88,8 @@ class Backend:
     ) -> R:
         try:
             reply = await self._router.request(stream, message, request_id, timeout)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
         except ReplyTimeoutError as exc:
             raise BackendError(
                 f"no reply within {timeout:g} s; the service may be busy or down, try again",
@@ -94,42 +112,95 @@ class Backend:
             ARCHIVE_QUERIES, query, query.query_id, self._settings.archive_timeout, expect
         )
 
+    def _deadline(self, timeout: float) -> datetime:
+        # Workers skip what arrives after it: the learner has been told to try again.
+        return utcnow() + timedelta(seconds=timeout)
+
     async def say(self, session_id: str, source: Source, text: str) -> ConversationReply:
         event = UtteranceReceived(
-            session_id=session_id, source=source, text=text, reply_to=self._router.stream
+            session_id=session_id,
+            source=source,
+            text=text,
+            reply_to=self._router.stream,
+            deadline=self._deadline(self._settings.reply_timeout),
         )
         return await self._event(UTTERANCE_RECEIVED, event, ConversationReply)
 
-    async def hear(self, session_id: str, source: Source, audio: bytes) -> ConversationReply:
-        """A clip: its bytes wait in Redis (claim check), the event carries the key."""
+    @property
+    def reply_reader_state(self) -> str:
+        return self._router.reader_state
+
+    async def hear(
+        self, session_id: str, source: Source, audio: bytes, *, held: Reservation | None = None
+    ) -> ConversationReply:
+        """A clip: its bytes wait in Redis (claim check), the event carries the key.
+
+        `held` is released once Redis has the bytes: the gateway holds them no longer.
+        """
         event_id = new_id()
         event = AudioReceived(
             event_id=event_id,
             session_id=session_id,
             source=source,
             reply_to=self._router.stream,
+            deadline=self._deadline(self._settings.reply_timeout),
             audio_key=Keys.audio(event_id),
             size_bytes=len(audio),
         )
-        await self._redis.set(event.audio_key, audio, ex=self._settings.audio_ttl)
+        try:
+            await self._redis.set(event.audio_key, audio, ex=self._settings.audio_ttl)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+        finally:
+            if held is not None:
+                held.release()
+        del audio
         return await self._event(AUDIO_RECEIVED, event, ConversationReply)
 
     async def end(self, session_id: str, source: Source) -> SummaryReply:
         event = SessionEndRequested(
-            session_id=session_id, source=source, reply_to=self._router.stream
+            session_id=session_id,
+            source=source,
+            reply_to=self._router.stream,
+            deadline=self._deadline(self._settings.reply_timeout),
         )
         return await self._event(SESSION_END_REQUESTED, event, SummaryReply)
 
     async def search(self, query: str, limit: int) -> SearchReply:
         return await self._query(
-            SearchQuery(query=query, limit=limit, reply_to=self._router.stream), SearchReply
+            SearchQuery(
+                query=query,
+                limit=limit,
+                reply_to=self._router.stream,
+                deadline=self._deadline(self._settings.archive_timeout),
+            ),
+            SearchReply,
         )
 
     async def history(self, session_id: str, limit: int) -> HistoryReply:
         return await self._query(
-            HistoryQuery(session_id=session_id, limit=limit, reply_to=self._router.stream),
+            HistoryQuery(
+                session_id=session_id,
+                limit=limit,
+                reply_to=self._router.stream,
+                deadline=self._deadline(self._settings.archive_timeout),
+            ),
             HistoryReply,
         )
 
     async def stats(self) -> StatsReply:
-        return await self._query(StatsQuery(reply_to=self._router.stream), StatsReply)
+        return await self._query(
+            StatsQuery(
+                reply_to=self._router.stream,
+                deadline=self._deadline(self._settings.archive_timeout),
+            ),
+            StatsReply,
+        )
+
+    async def active_sessions(self) -> tuple[int, list[str]]:
+        try:
+            return await active_sessions(
+                self._redis, self._settings.redis_ttl, self._settings.stats_max_session_ids
+            )
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc

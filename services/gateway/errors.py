@@ -3,8 +3,9 @@
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
-from services.gateway.backend import BackendError
+from services.gateway.backend import BackendError, unavailable
 from services.gateway.validation import InputError
 
 
@@ -24,6 +25,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(BackendError)
     async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
         return JSONResponse({"detail": exc.reason, "code": exc.code}, status_code=exc.status)
+
+    @app.exception_handler(RedisError)
+    async def redis_error(_: Request, exc: RedisError) -> JSONResponse:
+        # Every Redis call of a route maps this itself; this catches one that does not.
+        failure = unavailable(exc)
+        return JSONResponse(
+            {"detail": failure.reason, "code": failure.code}, status_code=failure.status
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

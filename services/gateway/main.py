@@ -8,6 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from services.gateway import api, errors, ws
 from services.gateway.backend import Backend
+from services.gateway.intake import AudioBudget
 from services.gateway.limits import BodySizeLimit
 from services.gateway.memory import ConnectionGauge
 from services.gateway.settings import GatewaySettings
@@ -28,6 +29,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.settings, app.state.redis = settings, redis
         app.state.backend = Backend(replies, redis, settings)
         app.state.connections = ConnectionGauge()
+        app.state.audio_budget = AudioBudget(settings.max_audio_bytes_held)
         await broker.start()
         await replies.start()
         try:
@@ -36,6 +38,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await replies.stop()
             await broker.stop()
             await redis.aclose()
+            await app.state.connections.aclose()
 
     app = FastAPI(title="Learning Voice Agent gateway", version=api.VERSION, lifespan=lifespan)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

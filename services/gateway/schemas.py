@@ -63,5 +63,8 @@ class HealthResponse(BaseModel):
     service: str
     version: str
     redis: str
+    # This instance's reader of its reply stream: "ok", "reconnecting" (Redis is
+    # away) or "stopped"; anything but "ok" makes the check fail (503).
+    replies: str
     # Open WebSocket connections on this instance.
     websockets: int

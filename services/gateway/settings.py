@@ -25,6 +25,10 @@ class GatewaySettings(CommonSettings):
 
     # Seconds a clip's bytes wait in Redis for the transcriber (claim check).
     audio_ttl: int = 300
+    # Decoded audio all connections of one gateway may hold at once, waiting for
+    # its turn or for Redis (default: 8 clips of the largest size); more is refused
+    # with 503 / a `busy` error instead of growing the process without bound.
+    max_audio_bytes_held: int = 8 * 25 * 1024 * 1024
 
     # Comma-separated origins allowed by CORS ("*": any).
     cors_origins: str = "*"

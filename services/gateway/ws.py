@@ -15,10 +15,12 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from services.gateway import validation
-from services.gateway.backend import Backend, BackendError
+from services.gateway import intake, validation
+from services.gateway.backend import Backend, BackendError, unavailable
+from services.gateway.intake import AudioBudget, Reservation
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import InputError
 
@@ -37,11 +39,17 @@ def error(code: str, message: str) -> dict[str, str]:
 
 class Connection:
     def __init__(
-        self, ws: WebSocket, backend: Backend, settings: GatewaySettings, session_id: str
+        self,
+        ws: WebSocket,
+        backend: Backend,
+        settings: GatewaySettings,
+        budget: AudioBudget,
+        session_id: str,
     ) -> None:
         self._ws = ws
         self._backend = backend
         self._settings = settings
+        self._budget = budget
         self._session_id = session_id
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.ws_max_pending)
         self._send_lock = asyncio.Lock()
@@ -68,10 +76,13 @@ class Connection:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            # Clips still waiting for their turn give their share of the budget back.
+            while not self._queue.empty():
+                _release(self._queue.get_nowait())
 
     async def _dispatch(self, raw: str) -> None:
         try:
-            message = json.loads(raw)
+            message = await intake.parse_json(raw)
         except ValueError:
             await self.send(error("invalid_json", "message is not valid JSON"))
             return
@@ -93,20 +104,21 @@ class Connection:
                 audio = message.get("audio")
                 if not isinstance(audio, str):
                     raise InputError("an audio message needs base64 `audio`", code="invalid_audio")
-                message["audio"] = validation.audio_base64(audio, self._settings.max_audio_bytes)
+                if self._queue.full():
+                    # Refused before decoding: a full queue would refuse it anyway.
+                    raise _too_many_pending(self._settings.ws_max_pending)
+                message["audio"], message["held"] = await self._budget.decode(
+                    audio, self._settings.max_audio_bytes
+                )
         except InputError as exc:
             await self.send(error(exc.code, exc.reason))
             return
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
-            await self.send(
-                error(
-                    "too_many_pending",
-                    f"{self._settings.ws_max_pending} messages are already waiting for "
-                    "replies; wait for them before sending more",
-                )
-            )
+            _release(message)
+            refusal = _too_many_pending(self._settings.ws_max_pending)
+            await self.send(error(refusal.code, refusal.reason))
 
     async def _answer_in_order(self) -> None:
         while True:
@@ -115,18 +127,26 @@ class Connection:
                 await self.send(await self._answer(message))
             except BackendError as exc:
                 await self.send(error(exc.code, exc.reason))
+            except (RedisError, OSError) as exc:
+                failure = unavailable(exc)
+                await self.send(error(failure.code, failure.reason))
             except WebSocketDisconnect:
                 return
             except Exception:
                 log.exception("failed to answer a message on session %s", self._session_id)
                 await self.send(error("internal", "something went wrong on our side"))
+            finally:
+                _release(message)
 
     async def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
         if message["type"] == "end":
             summary = await self._backend.end(self._session_id, "websocket")
             return {"type": "summary", "text": summary.text}
         if message["type"] == "audio":
-            reply = await self._backend.hear(self._session_id, "websocket", message["audio"])
+            # Popped, not read: once Redis has the clip, nothing here holds its bytes.
+            reply = await self._backend.hear(
+                self._session_id, "websocket", message.pop("audio"), held=message.get("held")
+            )
         else:
             reply = await self._backend.say(self._session_id, "websocket", message["text"])
         return {
@@ -135,6 +155,19 @@ class Connection:
             "agent_text": reply.agent_text,
             "intent": reply.intent,
         }
+
+
+def _release(message: dict[str, Any]) -> None:
+    held = message.pop("held", None)
+    if isinstance(held, Reservation):
+        held.release()
+
+
+def _too_many_pending(limit: int) -> InputError:
+    return InputError(
+        f"{limit} messages are already waiting for replies; wait for them before sending more",
+        code="too_many_pending",
+    )
 
 
 @router.websocket("/ws/{session_id}")
@@ -149,6 +182,7 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
     gauge = ws.app.state.connections
     gauge.opened()
     try:
-        await Connection(ws, ws.app.state.backend, ws.app.state.settings, session_id).run()
+        state = ws.app.state
+        await Connection(ws, state.backend, state.settings, state.audio_budget, session_id).run()
     finally:
         gauge.closed()

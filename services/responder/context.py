@@ -6,6 +6,10 @@ object (`created_at`, `last_activity`, `exchange_count`, `source`), both expirin
 after REDIS_TTL. Recording an exchange is one Lua script, so two replicas answering
 the same session never lose each other's exchange, and a redelivered utterance is
 recorded once.
+
+The same script keeps each answer under `exchange:{event_id}:done`, so a redelivered
+utterance is answered with what was sent (and archived) the first time, without
+asking the model again.
 """
 
 import json
@@ -25,6 +29,13 @@ class ContextExchange(BaseModel):
     agent: str
 
 
+class StoredAnswer(BaseModel):
+    """What an utterance was answered with, kept for its redeliveries."""
+
+    agent_text: str
+    at: datetime
+
+
 class SessionMetadata(BaseModel):
     created_at: str
     last_activity: str
@@ -32,12 +43,14 @@ class SessionMetadata(BaseModel):
     source: str
 
 
-# KEYS: context, metadata, redelivery marker, active-session index.
-# ARGV: exchange JSON, max exchanges, ttl, now (ISO), source, session id, now (epoch).
+# KEYS: context, metadata, answer marker, active-session index.
+# ARGV: exchange JSON, max exchanges, ttl, now (ISO), source, session id, now (epoch),
+# the stored answer (JSON), "1" if the exchange joins the context.
 _RECORD = """
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then
+if not redis.call('SET', KEYS[3], ARGV[8], 'NX', 'EX', ARGV[3]) then
   return 0
 end
+if ARGV[9] ~= '1' then return 1 end
 local context = {}
 local raw = redis.call('GET', KEYS[1])
 if raw then context = cjson.decode(raw) end
@@ -87,10 +100,13 @@ class ContextStore:
         user: str,
         agent: str,
         at: datetime,
+        in_context: bool = True,
     ) -> bool:
-        """Append one exchange; False if this utterance was already recorded."""
+        """Keep the answer and append the exchange to the context (unless not
+        `in_context`); False if this utterance was already answered."""
         stamp = iso_z(at)
         exchange = json.dumps({"timestamp": stamp, "user": user, "agent": agent})
+        answer = StoredAnswer(agent_text=agent, at=at).model_dump_json()
         added = await self._record(
             keys=[
                 Keys.context(session_id),
@@ -98,9 +114,30 @@ class ContextStore:
                 Keys.exchange_done(event_id),
                 Keys.ACTIVE_SESSIONS,
             ],
-            args=[exchange, self._max, self._ttl, stamp, source, session_id, time.time()],
+            args=[
+                exchange,
+                self._max,
+                self._ttl,
+                stamp,
+                source,
+                session_id,
+                time.time(),
+                answer,
+                "1" if in_context else "0",
+            ],
         )
         return bool(added)
+
+    async def answered(self, event_id: str) -> StoredAnswer | None:
+        """The answer an utterance already got, if it was answered before."""
+        raw = await self._redis.get(Keys.exchange_done(event_id))
+        if raw is None:
+            return None
+        try:
+            return StoredAnswer.model_validate_json(raw)
+        except ValueError:
+            # A marker written before answers were kept ("1"): answered, text unknown.
+            return None
 
     async def end(self, session_id: str) -> list[ContextExchange]:
         """Return the session's context and forget the session (v1 end_session)."""

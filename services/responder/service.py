@@ -2,6 +2,7 @@
 exchange out. The FastStream handlers in `main` only deliver what this returns."""
 
 import logging
+from datetime import datetime
 
 from services.responder.context import ContextStore
 from services.responder.intent import detect_intent
@@ -23,6 +24,7 @@ from services.responder.summary import summarize
 from shared.events import (
     ConversationReply,
     ExchangeCompleted,
+    Intent,
     SessionEndRequested,
     SummaryReply,
     UtteranceReceived,
@@ -60,30 +62,66 @@ class Responder:
             return UNEXPECTED_REPLY, False
         return shape_reply(event.text, raw), True
 
-    async def answer(self, event: UtteranceReceived) -> tuple[ConversationReply, ExchangeCompleted]:
+    async def answer(
+        self, event: UtteranceReceived
+    ) -> tuple[ConversationReply | None, ExchangeCompleted]:
+        """The reply to send (None: nobody waits for one) and the exchange to archive.
+
+        A redelivered utterance gets the answer it already got; one whose asker has
+        given up is archived unanswered, without asking the model.
+        """
         intent = detect_intent(event.text)
+        earlier = await self._store.answered(event.event_id)
+        if earlier is not None:
+            log.info("utterance %s was answered before: sending that answer again", event.event_id)
+            return self._reply(event, intent, earlier.agent_text, earlier.at), self._exchange(
+                event, intent, earlier.agent_text
+            )
+        if event.past_deadline():
+            log.info(
+                "utterance %s on session %s expired before it was answered: archived unanswered",
+                event.event_id,
+                event.session_id,
+            )
+            return None, self._exchange(event, intent, "", expired=True)
         agent_text, from_model = await self._generate(event)
         now = utcnow()
         # An apology would only confuse the model next turn: context keeps real
         # exchanges. The archive keeps everything the learner said.
-        if from_model:
-            await self._store.record(
-                session_id=event.session_id,
-                event_id=event.event_id,
-                source=event.source,
-                user=event.text,
-                agent=agent_text,
-                at=now,
-            )
-        reply = ConversationReply(
+        recorded = await self._store.record(
+            session_id=event.session_id,
+            event_id=event.event_id,
+            source=event.source,
+            user=event.text,
+            agent=agent_text,
+            at=now,
+            in_context=from_model,
+        )
+        if not recorded:
+            # Another delivery of the same utterance answered first: say what it said.
+            earlier = await self._store.answered(event.event_id)
+            if earlier is not None:
+                agent_text, now = earlier.agent_text, earlier.at
+        return self._reply(event, intent, agent_text, now), self._exchange(
+            event, intent, agent_text
+        )
+
+    def _reply(
+        self, event: UtteranceReceived, intent: Intent, agent_text: str, at: datetime
+    ) -> ConversationReply:
+        return ConversationReply(
             in_reply_to=event.event_id,
             session_id=event.session_id,
             user_text=event.text,
             agent_text=agent_text,
             intent=intent,
-            timestamp=now,
+            timestamp=at,
         )
-        exchange = ExchangeCompleted(
+
+    def _exchange(
+        self, event: UtteranceReceived, intent: Intent, agent_text: str, *, expired: bool = False
+    ) -> ExchangeCompleted:
+        return ExchangeCompleted(
             event_id=event.event_id,
             session_id=event.session_id,
             source=event.source,
@@ -93,8 +131,8 @@ class Responder:
             intent=intent,
             input=event.input,
             responder=self._settings.instance_id,
+            expired=expired,
         )
-        return reply, exchange
 
     async def end(self, event: SessionEndRequested) -> SummaryReply:
         context = await self._store.end(event.session_id)

@@ -1,6 +1,6 @@
 """Responder settings: conversation context (v1 names) and the language model."""
 
-from pydantic import SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 
 from shared.settings import CommonSettings
 
@@ -42,4 +42,8 @@ class ResponderSettings(CommonSettings):
     responder_concurrency: int = 16
 
     # /health of this worker (FastStream ping of the broker).
-    health_port: int = 8101
+    # One .env for every service (make run) needs a name per service;
+    # HEALTH_PORT alone still works where the service has an environment of its own.
+    health_port: int = Field(
+        8101, validation_alias=AliasChoices("responder_health_port", "health_port")
+    )

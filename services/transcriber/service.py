@@ -40,7 +40,19 @@ class Transcriber:
             in_reply_to=event.event_id, session_id=event.session_id, code=code, message=message
         )
 
-    async def hear(self, event: AudioReceived) -> UtteranceReceived | Reply:
+    async def hear(self, event: AudioReceived) -> UtteranceReceived | Reply | None:
+        """The learner's words, or a reply for the asker; None when nobody waits.
+
+        A clip whose asker gave up is not transcribed: transcribing it costs what
+        a backlog can least afford, for words the learner was told to send again.
+        """
+        if event.past_deadline():
+            log.info(
+                "clip %s on session %s expired before it was transcribed: dropped",
+                event.event_id,
+                event.session_id,
+            )
+            return None
         data = await self._redis.get(event.audio_key)
         if not isinstance(data, bytes):
             return self._error(event, "invalid_audio", EXPIRED)
@@ -82,6 +94,7 @@ class Transcriber:
             source=event.source,
             reply_to=event.reply_to,
             occurred_at=event.occurred_at,
+            deadline=event.deadline,
             text=text,
             input="audio",
         )

@@ -1,6 +1,6 @@
 """Transcriber settings: limits of a clip and the speech-to-text model (v1 names kept)."""
 
-from pydantic import SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 
 from shared.settings import CommonSettings
 
@@ -31,4 +31,8 @@ class TranscriberSettings(CommonSettings):
     transcriber_concurrency: int = 4
 
     # /health of this worker (FastStream ping of the broker).
-    health_port: int = 8103
+    # One .env for every service (make run) needs a name per service;
+    # HEALTH_PORT alone still works where the service has an environment of its own.
+    health_port: int = Field(
+        8103, validation_alias=AliasChoices("transcriber_health_port", "health_port")
+    )

@@ -20,6 +20,7 @@ from services.responder.providers import (
     create_provider,
 )
 from services.responder.providers.anthropic import AnthropicProvider
+from services.responder.providers.base import StopWhen
 from services.responder.providers.local import LocalProvider
 from services.responder.providers.openai_compat import PLACEHOLDER_API_KEY, OpenAICompatProvider
 from services.responder.settings import ResponderSettings
@@ -441,12 +442,40 @@ class EchoProvider:
         self.started = True
 
     async def complete(
-        self, system: str, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+        self,
+        system: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        enough: StopWhen | None = None,
     ) -> str:
         return f"echo: {messages[-1].content}"
 
     async def aclose(self) -> None:
         self.started = False
+
+
+class OldEchoProvider(EchoProvider):
+    """A provider written before `enough` existed: the responder passes it always."""
+
+    async def complete(  # type: ignore[override]
+        self, system: str, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> str:
+        return "never called"
+
+
+class BlockingEchoProvider(EchoProvider):
+    def complete(  # type: ignore[override]
+        self,
+        system: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        enough: StopWhen | None = None,
+    ) -> str:
+        return "never called"
 
 
 class EchoFactory:
@@ -461,6 +490,8 @@ def plugin(monkeypatch: pytest.MonkeyPatch) -> str:
     module.make_echo = EchoProvider  # type: ignore[attr-defined]
     module.EchoFactory = EchoFactory  # type: ignore[attr-defined]
     module.make_nothing = lambda config: object()  # type: ignore[attr-defined]
+    module.make_old = OldEchoProvider  # type: ignore[attr-defined]
+    module.make_blocking = BlockingEchoProvider  # type: ignore[attr-defined]
     module.not_callable = 42  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return module.__name__
@@ -482,10 +513,12 @@ def test_factory_path_may_name_an_attribute_of_an_attribute(plugin: str) -> None
 @pytest.mark.parametrize(
     ("spec", "error", "match"),
     [
-        ("no_such_module_anywhere:make", ValueError, "cannot import"),
-        ("{plugin}:missing", ValueError, "has no"),
+        ("no_such_module_anywhere:make", ValueError, "No module named"),
+        ("{plugin}:missing", ValueError, "has no attribute 'missing'"),
         ("{plugin}:not_callable", ValueError, "not callable"),
-        ("{plugin}:make_nothing", TypeError, "LLMProvider"),
+        ("{plugin}:make_nothing", TypeError, "not a usable LLMProvider: no attribute 'name'"),
+        ("{plugin}:make_old", TypeError, r"complete\(\) cannot be called as .*enough"),
+        ("{plugin}:make_blocking", TypeError, r"complete\(\) must be `async def`"),
         (":make_echo", ValueError, "package.module:factory"),
     ],
 )

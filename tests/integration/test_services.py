@@ -1,16 +1,13 @@
 """Services as real processes on a real Redis: work sharing, reply routing, recovery."""
 
 import asyncio
-import json
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.services import ServiceProcess, start_service
+from tests.support.stack import archived, base_env, converse, eventually
 from tests.wire.openai_server import OpenAIWireServer
 
 
@@ -25,42 +22,6 @@ def llm_echo(llm: OpenAIWireServer) -> OpenAIWireServer:
     llm.reset()
     llm.echo = True
     return llm
-
-
-def base_env(redis_url: str, llm: OpenAIWireServer, db: Path) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis_url,
-        "LLM_PROVIDER": "openai",
-        "LLM_BASE_URL": llm.base_url,
-        "LLM_MAX_RETRIES": "0",
-        "DATABASE_URL": f"sqlite:///{db}",
-        "REPLY_TIMEOUT": "60",
-        "RECLAIM_IDLE_MS": "1500",
-        "RECLAIM_INTERVAL_S": "0.5",
-    }
-
-
-def archived(db: Path) -> list[tuple[str, str, dict[str, str]]]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT session_id, user_text, metadata FROM captures").fetchall()
-    return [(s, u, json.loads(m)) for s, u, m in rows]
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
-
-
-async def converse(gateway: ServiceProcess, session: str, text: str) -> dict[str, str]:
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=90) as client:
-        response = await client.post(
-            "/api/conversation", json={"session_id": session, "text": text}
-        )
-    assert response.status_code == 200, response.text
-    return dict(response.json())
 
 
 def stop_all(services: list[ServiceProcess]) -> None:

@@ -329,6 +329,11 @@ class ScriptedSTT:
         self.started = False
 
 
+class WrongSignatureSTT(ScriptedSTT):
+    async def transcribe(self, clip: Clip, language: str) -> str:  # type: ignore[override]
+        return "never called"
+
+
 class ScriptedFactory:
     @staticmethod
     def build(config: TranscriberSettings) -> ScriptedSTT:
@@ -341,6 +346,7 @@ def plugin(monkeypatch: pytest.MonkeyPatch) -> str:
     module.make_scripted = ScriptedSTT  # type: ignore[attr-defined]
     module.ScriptedFactory = ScriptedFactory  # type: ignore[attr-defined]
     module.make_nothing = lambda config: object()  # type: ignore[attr-defined]
+    module.make_wrong = WrongSignatureSTT  # type: ignore[attr-defined]
     module.not_callable = 42  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
     return module.__name__
@@ -362,10 +368,11 @@ def test_factory_path_may_name_an_attribute_of_an_attribute(plugin: str) -> None
 @pytest.mark.parametrize(
     ("spec", "error", "match"),
     [
-        ("no_such_module_anywhere:make", ValueError, "cannot import"),
-        ("{plugin}:missing", ValueError, "has no"),
+        ("no_such_module_anywhere:make", ValueError, "No module named"),
+        ("{plugin}:missing", ValueError, "has no attribute 'missing'"),
         ("{plugin}:not_callable", ValueError, "not callable"),
-        ("{plugin}:make_nothing", TypeError, "SpeechToText"),
+        ("{plugin}:make_nothing", TypeError, "not a usable SpeechToText: no attribute 'name'"),
+        ("{plugin}:make_wrong", TypeError, r"transcribe\(\) cannot be called as"),
         (":make_scripted", ValueError, "package.module:factory"),
     ],
 )

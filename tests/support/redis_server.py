@@ -73,6 +73,58 @@ def docker_available() -> bool:
         return False
 
 
+class RedisProcess:
+    """A `redis-server` on a fixed port and folder that a test can stop and start
+    again (a restart keeps its data only with AOF on)."""
+
+    def __init__(self, data_dir: str, *, appendonly: bool) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [
+            redis_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", self.data_dir,
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until_up(self.url)
+
+    def stop(self) -> None:
+        """A clean shutdown, as `redis-cli shutdown` does (AOF flushed first)."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(redis.RedisError, OSError), self.server().client() as client:
+            client.shutdown(nosave=not self.appendonly)
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+    def server(self) -> RedisServer:
+        return RedisServer(self.url)
+
+
+@contextlib.contextmanager
+def restartable_redis(*, appendonly: bool) -> Iterator[RedisProcess]:
+    with tempfile.TemporaryDirectory(prefix="lva-redis-") as data:
+        server = RedisProcess(data, appendonly=appendonly)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 @contextlib.contextmanager
 def local_redis(appendonly: bool = False) -> Iterator[RedisServer]:
     port = free_port()

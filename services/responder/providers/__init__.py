@@ -57,9 +57,8 @@ def create_provider(settings: ResponderSettings) -> LLMProvider:
 
         return LocalProvider(settings)
     if ":" in choice:
-        # mypy takes no Protocol as type[T] (python/mypy#4717); it is only isinstance-checked.
-        what = "name, model, start, complete, aclose"
-        return load_factory("LLM_PROVIDER", choice, settings, LLMProvider, what)  # type: ignore[type-abstract]
+        # mypy takes no Protocol as type[T] (python/mypy#4717); it is only inspected.
+        return load_factory("LLM_PROVIDER", choice, settings, LLMProvider)  # type: ignore[type-abstract]
     raise ValueError(
         f"LLM_PROVIDER={choice!r} is not one of {', '.join(BUILTIN_PROVIDERS)} "
         "or a 'package.module:factory' path"

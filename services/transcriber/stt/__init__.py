@@ -49,9 +49,8 @@ def create_stt(settings: TranscriberSettings) -> SpeechToText:
 
         return LocalWhisperSTT(settings)
     if ":" in choice:
-        # mypy takes no Protocol as type[T] (python/mypy#4717); it is only isinstance-checked.
-        what = "name, model, start, transcribe, aclose"
-        return load_factory("STT_PROVIDER", choice, settings, SpeechToText, what)  # type: ignore[type-abstract]
+        # mypy takes no Protocol as type[T] (python/mypy#4717); it is only inspected.
+        return load_factory("STT_PROVIDER", choice, settings, SpeechToText)  # type: ignore[type-abstract]
     raise ValueError(
         f"STT_PROVIDER={choice!r} is not one of {', '.join(BUILTIN_STT)} "
         "or a 'package.module:factory' path"

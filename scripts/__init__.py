@@ -1,0 +1,1 @@
+"""Operator commands: `make run`, the service restarter."""
