@@ -29,6 +29,17 @@ MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 60.0
 
 
+def describe(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def exit_status(code: int) -> int:
+    """A child's return code as a shell reports it (128 + n for signal n)."""
+    return 128 - code if code < 0 else code
+
+
 class Runner:
     def __init__(self, command: list[str]) -> None:
         self.command = command
@@ -47,18 +58,21 @@ class Runner:
             started = time.monotonic()
             self._child = subprocess.Popen(self.command)
             code = self._child.wait()
-            if self._stopping.is_set() or code == 0:
-                return code
+            if self._stopping.is_set():
+                # Ended by the signal we passed on: a clean stop, as asked.
+                return 0 if -code in (signal.SIGTERM, signal.SIGINT) else exit_status(code)
+            if code == 0:
+                return 0
             if time.monotonic() - started >= STABLE_AFTER_S:
                 delay = FIRST_DELAY_S
             log.warning(
-                "%s exited with status %d; starting it again in %.0f s",
+                "%s %s; starting it again in %.0f s",
                 " ".join(self.command),
-                code,
+                describe(code),
                 delay,
             )
             if self._stopping.wait(delay):
-                return code
+                return exit_status(code)
             delay = min(delay * 2, MAX_DELAY_S)
 
 

@@ -195,7 +195,7 @@ class ReplyRouter:
             self._pending.pop(request_id, None)
 
     async def start(self) -> None:
-        await self._beat()
+        await self.beat()
         self._tasks = [
             asyncio.create_task(self._read_forever(), name="reply-reader"),
             asyncio.create_task(self._beat_forever(), name="reply-heartbeat"),
@@ -215,7 +215,8 @@ class ReplyRouter:
                 pipe.zrem(REPLY_STREAMS, self.stream)
                 await pipe.execute()
 
-    async def _beat(self) -> None:
+    async def beat(self) -> None:
+        """Register (again) and refresh this instance's reply stream; sweep dead ones."""
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(REPLY_STREAMS, {self.stream: now})
@@ -239,7 +240,7 @@ class ReplyRouter:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
-                await self._beat()
+                await self.beat()
             except (RedisError, OSError) as exc:
                 log.warning("reply stream heartbeat failed: %s", exc)
             except Exception:

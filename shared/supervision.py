@@ -118,6 +118,7 @@ class Supervisor:
         for stream, group in self.groups():
             await create_group(redis, stream, group)
             self._groups[(stream, group)] = True
+        self._last_check = time.monotonic()
 
     async def check(self) -> None:
         """Recreate missing groups, then start subscribers that stopped."""

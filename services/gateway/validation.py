@@ -3,6 +3,7 @@
 import base64
 import binascii
 import re
+import time
 
 from shared.events import SESSION_ID_PATTERN
 
@@ -60,7 +61,7 @@ def limit(value: int, maximum: int, name: str = "limit") -> int:
 # Base64 characters decoded per piece: each piece is one short call, so a thread
 # decoding a 33 MB string hands the interpreter back to the event loop between
 # pieces (binascii holds it for the whole of one call). A multiple of 4.
-DECODE_PIECE_CHARS = 1 << 20
+DECODE_PIECE_CHARS = 1 << 18
 
 
 def _too_large(max_bytes: int) -> InputError:
@@ -109,6 +110,9 @@ def audio_base64(encoded: str, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise _too_large(max_bytes)
         parts.append(data)
+        # Hands the interpreter to any thread waiting for it (the event loop, when
+        # this runs in a worker thread) instead of keeping it up to the 5 ms switch.
+        time.sleep(0)
     if carry:
         raise _invalid_base64()
     if not size:

@@ -258,6 +258,15 @@ async def test_history_newest_first_with_limit(archive: Archive) -> None:
     }
 
 
+async def test_an_unanswered_exchange_keeps_the_words_and_says_why(archive: Archive) -> None:
+    unanswered = exchange("a thought nobody waited for", "").model_copy(update={"expired": True})
+    assert await archive.save_many([unanswered]) == 1
+    (item,) = await archive.history("s1", 10)
+    assert (item.user_text, item.agent_text) == ("a thought nobody waited for", "")
+    assert item.metadata is not None and json.loads(item.metadata)["expired"] is True
+    assert [h.user_text for h in await archive.search("nobody", 10)] == [item.user_text]
+
+
 async def test_timestamps_are_stored_in_utc(archive: Archive) -> None:
     paris = timezone(timedelta(hours=1))
     await archive.save_many(

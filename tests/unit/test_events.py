@@ -1,6 +1,6 @@
 """Every message model survives the trip through JSON that the broker makes."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -34,6 +34,7 @@ HIT = SearchHit(
 SAMPLES: list[BaseModel] = [
     UtteranceReceived(session_id="s1", source="websocket", text="hello", reply_to="r"),
     UtteranceReceived(session_id="twilio_CA123", source="twilio", text="hi", input="audio"),
+    UtteranceReceived(session_id="s1", source="api", text="hi", deadline=NOW),
     AudioReceived(session_id="s1", source="api", audio_key="audio:1", size_bytes=10),
     SessionEndRequested(session_id="s1", source="websocket", reply_to="r"),
     ExchangeCompleted(
@@ -43,6 +44,14 @@ SAMPLES: list[BaseModel] = [
         agent_text="a",
         intent="question",
         responder="host-1",
+    ),
+    ExchangeCompleted(
+        session_id="s1",
+        source="api",
+        user_text="u",
+        agent_text="",
+        intent="statement",
+        expired=True,
     ),
     ConversationReply(
         in_reply_to="e1",
@@ -61,6 +70,7 @@ SAMPLES: list[BaseModel] = [
     ),
     StatsReply(in_reply_to="q1", total_captures=3, unique_sessions=1, last_capture=None),
     SearchQuery(query="c++", limit=5, reply_to="r"),
+    SearchQuery(query="c++", limit=5, reply_to="r", deadline=NOW),
     HistoryQuery(session_id="s1", limit=5, reply_to="r"),
     StatsQuery(reply_to="r"),
 ]
@@ -112,3 +122,14 @@ def test_session_ids_outside_the_pattern_are_refused(bad: str) -> None:
 def test_empty_utterance_is_refused() -> None:
     with pytest.raises(ValidationError):
         UtteranceReceived(session_id="s", source="api", text="")
+
+
+def test_work_is_past_its_deadline_only_once_it_has_passed() -> None:
+    event = UtteranceReceived(session_id="s", source="api", text="x", deadline=NOW)
+    assert not event.past_deadline(NOW - timedelta(milliseconds=1))
+    assert event.past_deadline(NOW)
+    assert event.past_deadline(NOW + timedelta(seconds=1))
+    # No deadline: nobody waits, the work never goes stale (older producers send none).
+    assert not UtteranceReceived(session_id="s", source="api", text="x").past_deadline()
+    assert not StatsQuery(reply_to="r").past_deadline()
+    assert StatsQuery(reply_to="r", deadline=NOW).past_deadline(NOW)
