@@ -111,10 +111,12 @@ class Worker:
         return healthy, body
 
     def app(
-        self, *, on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = ()
+        self, *, on_startup: Sequence[Hook] = (), after_shutdown: Sequence[Hook] = ()
     ) -> AsgiFastStream:
         """The ASGI app: Redis and the groups first, then the service's own start-up
-        (models load before the first message is read), then the broker."""
+        (models load before the first message is read), then the broker. At the end
+        the broker stops first, letting handlers in flight finish, and only then are
+        the service's models and clients released."""
 
         @get(include_in_schema=False)
         async def health(scope: Scope) -> AsgiResponse:
@@ -130,7 +132,7 @@ class Worker:
             asgi_routes=[("/health", health)],
             on_startup=[self._connect, *on_startup],
             after_startup=[self._started],
-            on_shutdown=[*on_shutdown, self._close],
+            after_shutdown=[*after_shutdown, self._close],
         )
 
 

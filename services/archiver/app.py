@@ -131,4 +131,4 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
     async def stop() -> None:
         await rt.archive.close()
 
-    return broker, worker.app(on_startup=[start], on_shutdown=[stop])
+    return broker, worker.app(on_startup=[start], after_shutdown=[stop])

@@ -64,4 +64,4 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
     async def stop() -> None:
         await llm.aclose()
 
-    return broker, worker.app(on_startup=[start], on_shutdown=[stop])
+    return broker, worker.app(on_startup=[start], after_shutdown=[stop])

@@ -72,6 +72,16 @@ return 1
 """
 
 
+def _stored_answer(raw: bytes | str | None) -> StoredAnswer | None:
+    if raw is None:
+        return None
+    try:
+        return StoredAnswer.model_validate_json(raw)
+    except ValueError:
+        # A marker written before answers were kept ("1"): answered, text unknown.
+        return None
+
+
 def iso_z(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -130,14 +140,16 @@ class ContextStore:
 
     async def answered(self, event_id: str) -> StoredAnswer | None:
         """The answer an utterance already got, if it was answered before."""
-        raw = await self._redis.get(Keys.exchange_done(event_id))
-        if raw is None:
-            return None
-        try:
-            return StoredAnswer.model_validate_json(raw)
-        except ValueError:
-            # A marker written before answers were kept ("1"): answered, text unknown.
-            return None
+        return _stored_answer(await self._redis.get(Keys.exchange_done(event_id)))
+
+    async def recall(
+        self, session_id: str, event_id: str
+    ) -> tuple[StoredAnswer | None, list[ContextExchange]]:
+        """The utterance's earlier answer, if any, and the session's context: what
+        answering needs, in one round trip."""
+        marker, raw = await self._redis.mget(Keys.exchange_done(event_id), Keys.context(session_id))
+        context = [ContextExchange.model_validate(x) for x in json.loads(raw or "[]")]
+        return _stored_answer(marker), context
 
     async def end(self, session_id: str) -> list[ContextExchange]:
         """Return the session's context and forget the session (v1 end_session)."""

@@ -4,7 +4,7 @@ exchange out. The FastStream handlers in `main` only deliver what this returns."
 import logging
 from datetime import datetime
 
-from services.responder.context import ContextStore
+from services.responder.context import ContextExchange, ContextStore
 from services.responder.intent import detect_intent
 from services.responder.prompts import (
     RATE_LIMITED_REPLY,
@@ -40,9 +40,10 @@ class Responder:
         self._llm = llm
         self._settings = settings
 
-    async def _generate(self, event: UtteranceReceived) -> tuple[str, bool]:
+    async def _generate(
+        self, event: UtteranceReceived, context: list[ContextExchange]
+    ) -> tuple[str, bool]:
         """The companion's words, and whether they came from the model."""
-        context = await self._store.load(event.session_id)
         try:
             raw = await self._llm.complete(
                 SYSTEM_PROMPT,
@@ -71,7 +72,7 @@ class Responder:
         given up is archived unanswered, without asking the model.
         """
         intent = detect_intent(event.text)
-        earlier = await self._store.answered(event.event_id)
+        earlier, context = await self._store.recall(event.session_id, event.event_id)
         if earlier is not None:
             log.info("utterance %s was answered before: sending that answer again", event.event_id)
             return self._reply(event, intent, earlier.agent_text, earlier.at), self._exchange(
@@ -84,7 +85,7 @@ class Responder:
                 event.session_id,
             )
             return None, self._exchange(event, intent, "", expired=True)
-        agent_text, from_model = await self._generate(event)
+        agent_text, from_model = await self._generate(event, context)
         now = utcnow()
         # An apology would only confuse the model next turn: context keeps real
         # exchanges. The archive keeps everything the learner said.

@@ -56,4 +56,4 @@ def build(settings: TranscriberSettings) -> tuple[RedisBroker, AsgiFastStream]:
     async def stop() -> None:
         await stt.aclose()
 
-    return broker, worker.app(on_startup=[start], on_shutdown=[stop])
+    return broker, worker.app(on_startup=[start], after_shutdown=[stop])

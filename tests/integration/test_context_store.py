@@ -1,10 +1,8 @@
 """The conversation context on a real Redis: v1's keys, trimming, TTL, redelivery."""
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
 from redis.asyncio import Redis
 
 from services.responder.context import ContextStore
@@ -12,13 +10,6 @@ from shared.sessions import active_sessions
 from shared.streams import Keys
 
 AT = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client: Redis = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def _say(store: ContextStore, n: int, session: str = "s1", event: str | None = None) -> bool:

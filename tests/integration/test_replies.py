@@ -1,10 +1,8 @@
 """Replies on a real Redis: they reach registered reply streams only, and a late reply
 never leaves behind a stream that nobody deletes."""
 
-from collections.abc import AsyncIterator
 from typing import cast
 
-import pytest
 from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
 
@@ -13,13 +11,6 @@ from shared.events import SummaryReply
 from shared.replies import STALE_AFTER_S, ReplyRouter, ReplySender
 from shared.settings import CommonSettings
 from shared.streams import REPLY_STREAMS
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client: Redis = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def settings(redis_url: str) -> CommonSettings:

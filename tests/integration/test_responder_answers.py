@@ -1,7 +1,7 @@
 """The responder's decisions on a real Redis: an utterance is answered once, whatever
 its deliveries, and one whose asker gave up is archived without asking the model."""
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from itertools import count
 
@@ -45,13 +45,6 @@ class CountingModel:
 
     async def aclose(self) -> None:
         return None
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client: Redis = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

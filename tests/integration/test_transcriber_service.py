@@ -1,10 +1,8 @@
 """The transcriber's decisions on a real Redis: a clip whose asker gave up is not
 transcribed, and a transcript keeps its asker's deadline."""
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from redis.asyncio import Redis
 
 from services.transcriber.audio import Clip
@@ -31,13 +29,6 @@ class CountingSTT:
 
     async def aclose(self) -> None:
         return None
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client: Redis = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def clip_event(redis: Redis, **fields: object) -> AudioReceived:
