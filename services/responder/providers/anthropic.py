@@ -1,7 +1,7 @@
 """Claude through the Anthropic Messages API, streamed."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import anthropic
 import httpx2
@@ -9,10 +9,10 @@ from anthropic.types import MessageParam
 
 from services.responder.providers.base import (
     ChatMessage,
+    CompleteMixin,
     LLMError,
     LLMRateLimitedError,
     LLMUnavailableError,
-    StopWhen,
 )
 from services.responder.settings import ResponderSettings
 
@@ -21,7 +21,7 @@ from services.responder.settings import ResponderSettings
 _BACK_OFF_TYPES = frozenset({"rate_limit_error", "overloaded_error"})
 
 
-class AnthropicProvider:
+class AnthropicProvider(CompleteMixin):
     name = "anthropic"
 
     def __init__(self, settings: ResponderSettings) -> None:
@@ -44,15 +44,14 @@ class AnthropicProvider:
                 max_retries=self._max_retries,
             )
 
-    async def complete(
+    async def stream(
         self,
         system: str,
         messages: Sequence[ChatMessage],
         *,
         max_tokens: int,
         temperature: float,
-        enough: StopWhen | None = None,
-    ) -> str:
+    ) -> AsyncIterator[str]:
         # `temperature` is deliberately not sent: SDK 2.x speaks API version
         # 2026-10-21, which rejects every sampling parameter with a 400 (the SDK
         # no longer even accepts one).
@@ -64,7 +63,6 @@ class AnthropicProvider:
                 history.append({"role": "user", "content": m.content})
             else:
                 history.append({"role": "assistant", "content": m.content})
-        parts: list[str] = []
         try:
             stream = await client.messages.create(
                 model=self.model,
@@ -73,13 +71,12 @@ class AnthropicProvider:
                 max_tokens=max_tokens,
                 stream=True,
             )
+            # Closing the caller's iteration leaves this block: the stream closes
+            # and no more tokens are billed.
             async with stream:
                 async for event in stream:
                     if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        parts.append(event.delta.text)
-                        # Leaving the block closes the stream: no more tokens billed.
-                        if enough is not None and enough("".join(parts)):
-                            break
+                        yield event.delta.text
         except anthropic.AnthropicError as err:
             raise _map_error(err) from err
         except httpx2.HTTPError as err:
@@ -88,10 +85,6 @@ class AnthropicProvider:
             raise LLMUnavailableError(f"Anthropic stream broke off: {err!r}") from err
         except json.JSONDecodeError as err:
             raise LLMUnavailableError(f"Anthropic sent a malformed stream event: {err}") from err
-        text = "".join(parts)
-        if not text.strip():
-            raise LLMUnavailableError("Anthropic returned no text")
-        return text
 
     async def aclose(self) -> None:
         if self._client is not None:

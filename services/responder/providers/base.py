@@ -1,7 +1,8 @@
 """The one interface every language-model provider implements, and its errors."""
 
-from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from typing import Literal, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,11 +46,15 @@ class LLMUnavailableError(LLMError):
 
 @runtime_checkable
 class LLMProvider(Protocol):
-    """A language model that turns a system prompt and history into a reply.
+    """A language model that turns a system prompt and history into a reply, streamed.
 
-    `complete` raises only `LLMError` subclasses for provider failures: no SDK
-    exception type crosses this boundary, so callers need not know which provider
-    is configured.
+    `stream` yields the reply's text as the model writes it (tokens, or whatever
+    pieces the model's API sends). The caller stops it early by closing it (leaving
+    an `async for` under `aclosing`): the provider must then stop the model at once
+    (close the HTTP stream, stop the generation thread), so a cut-short reply costs
+    no more tokens. It raises only `LLMError` subclasses for provider failures: no
+    SDK exception type crosses this boundary, so callers need not know which
+    provider is configured.
     """
 
     # "anthropic", "openai", "local", or a custom provider's own name.
@@ -61,6 +66,50 @@ class LLMProvider(Protocol):
         """Create clients, or load and warm the model; called once per process."""
         ...
 
+    def stream(
+        self,
+        system: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncIterator[str]:
+        """The reply's text as it is written (an `async def` with `yield`)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients or the model; the provider is not used afterwards."""
+        ...
+
+
+async def complete(
+    llm: LLMProvider,
+    system: str,
+    messages: Sequence[ChatMessage],
+    *,
+    max_tokens: int,
+    temperature: float,
+    enough: StopWhen | None = None,
+) -> str:
+    """The whole reply of `llm.stream` (never empty), stopped as soon as `enough`
+    says so: a caller that keeps three sentences need not wait for a tenth."""
+    parts: list[str] = []
+    async with aclosing(
+        llm.stream(system, messages, max_tokens=max_tokens, temperature=temperature)
+    ) as pieces:
+        async for piece in pieces:
+            parts.append(piece)
+            if enough is not None and enough("".join(parts)):
+                break
+    text = "".join(parts)
+    if not text.strip():
+        raise LLMUnavailableError(f"{llm.name} model {llm.model} returned no text")
+    return text
+
+
+class CompleteMixin:
+    """`complete()` as a method, for the built-in providers and their tests."""
+
     async def complete(
         self,
         system: str,
@@ -68,15 +117,9 @@ class LLMProvider(Protocol):
         *,
         max_tokens: int,
         temperature: float,
-        enough: "StopWhen | None" = None,
+        enough: StopWhen | None = None,
     ) -> str:
-        """The whole reply text (never empty).
-
-        With `enough`, generation stops as soon as `enough(text_so_far)` is true:
-        a caller that keeps three sentences need not wait for (or pay for) a tenth.
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Release clients or the model; the provider is not used afterwards."""
-        ...
+        return await complete(
+            cast(LLMProvider, self),
+            system, messages, max_tokens=max_tokens, temperature=temperature, enough=enough
+        )

@@ -1,8 +1,10 @@
 """An embedded GGUF model run by llama.cpp: works with no key and no network."""
 
+import asyncio
+import contextlib
 import importlib.metadata
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -11,8 +13,8 @@ from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatComple
 
 from services.responder.providers.base import (
     ChatMessage,
+    CompleteMixin,
     LLMUnavailableError,
-    StopWhen,
     chat_messages,
 )
 from services.responder.settings import ResponderSettings
@@ -58,7 +60,7 @@ def resolve_model_path(configured: str | None) -> Path:
     return bundled
 
 
-class LocalProvider:
+class LocalProvider(CompleteMixin):
     name = "local"
 
     def __init__(self, settings: ResponderSettings) -> None:
@@ -87,30 +89,45 @@ class LocalProvider:
             raise RuntimeError(f"cannot load the GGUF model {self._path}: {err}") from err
         return llm
 
-    async def complete(
+    async def stream(
         self,
         system: str,
         messages: Sequence[ChatMessage],
         *,
         max_tokens: int,
         temperature: float,
-        enough: StopWhen | None = None,
-    ) -> str:
+    ) -> AsyncIterator[str]:
         if not self._thread.started:
             raise RuntimeError("LocalProvider.start() was not called")
         # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
         chat = cast(list[ChatCompletionRequestMessage], chat_messages(system, messages))
-        try:
-            text = await self._thread.run(
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[str | None] = asyncio.Queue()
+        # Set when the caller stops reading: the thread ends at its next token.
+        stop = threading.Event()
+
+        def emit(token: str | None) -> None:
+            loop.call_soon_threadsafe(tokens.put_nowait, token)
+
+        job = asyncio.ensure_future(
+            self._thread.run(
                 lambda llm, cancelled: self._generate(
-                    llm, chat, max_tokens, temperature, cancelled, enough
+                    llm, chat, max_tokens, temperature, cancelled, stop, emit
                 )
             )
+        )
+        try:
+            while (token := await tokens.get()) is not None:
+                yield token
+            await job
         except Exception as err:
             raise LLMUnavailableError(f"local model {self.model} failed: {err}") from err
-        if not text.strip():
-            raise LLMUnavailableError(f"local model {self.model} returned no text")
-        return text
+        finally:
+            stop.set()
+            # The model is free again (and any error of an abandoned run retrieved)
+            # before the caller goes on: the next generation queues behind nothing.
+            with contextlib.suppress(Exception):
+                await job
 
     def _generate(
         self,
@@ -119,33 +136,29 @@ class LocalProvider:
         max_tokens: int,
         temperature: float,
         cancelled: threading.Event,
-        enough: StopWhen | None,
-    ) -> str:
-        # Streamed token by token only so that cancellation and shutdown are
-        # noticed mid-generation; the caller still gets the whole text.
+        stop: threading.Event,
+        emit: Callable[[str | None], None],
+    ) -> None:
         chunks = cast(
             Generator[CreateChatCompletionStreamResponse, None, None],
             llm.create_chat_completion(
                 messages=chat, max_tokens=max_tokens, temperature=temperature, stream=True
             ),
         )
-        parts: list[str] = []
         try:
             for chunk in chunks:
-                if self._thread.stopping(cancelled):
+                if stop.is_set() or self._thread.stopping(cancelled):
                     break
                 for choice in chunk["choices"]:
                     content = choice["delta"].get("content")
-                    if isinstance(content, str):
-                        parts.append(content)
-                # Every token costs CPU time the learner waits for: stop at enough.
-                if enough is not None and enough("".join(parts)):
-                    break
+                    if isinstance(content, str) and content:
+                        emit(content)
         finally:
             # Closed here, on the model's thread: left to the garbage collector,
             # the generator's cleanup could run on another thread.
             chunks.close()
-        return "".join(parts)
+            # Always the end mark, also after an error: the reader must not wait on.
+            emit(None)
 
     async def aclose(self) -> None:
         await self._thread.close(lambda llm: llm.close())

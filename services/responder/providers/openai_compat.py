@@ -1,7 +1,7 @@
 """Any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, OpenAI), streamed."""
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import httpx2
@@ -10,10 +10,10 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from services.responder.providers.base import (
     ChatMessage,
+    CompleteMixin,
     LLMError,
     LLMRateLimitedError,
     LLMUnavailableError,
-    StopWhen,
     chat_messages,
 )
 from services.responder.settings import ResponderSettings
@@ -24,7 +24,7 @@ from services.responder.settings import ResponderSettings
 PLACEHOLDER_API_KEY = "not-needed"
 
 
-class OpenAICompatProvider:
+class OpenAICompatProvider(CompleteMixin):
     name = "openai"
 
     def __init__(self, settings: ResponderSettings) -> None:
@@ -50,19 +50,17 @@ class OpenAICompatProvider:
                 max_retries=self._max_retries,
             )
 
-    async def complete(
+    async def stream(
         self,
         system: str,
         messages: Sequence[ChatMessage],
         *,
         max_tokens: int,
         temperature: float,
-        enough: StopWhen | None = None,
-    ) -> str:
+    ) -> AsyncIterator[str]:
         client = self._require_client()
         # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
         chat = cast(list[ChatCompletionMessageParam], chat_messages(system, messages))
-        parts: list[str] = []
         try:
             # `max_tokens`, not `max_completion_tokens`: the self-hosted servers this
             # provider exists for understand only the older name.
@@ -73,24 +71,19 @@ class OpenAICompatProvider:
                 temperature=temperature,
                 stream=True,
             )
+            # Closing the caller's iteration leaves this block: the connection
+            # closes and the server stops generating.
             async with stream:
                 async for chunk in stream:
                     # Some servers send chunks without choices (usage, keep-alives).
                     if chunk.choices and chunk.choices[0].delta.content:
-                        parts.append(chunk.choices[0].delta.content)
-                        # Leaving the block closes the stream: the server stops.
-                        if enough is not None and enough("".join(parts)):
-                            break
+                        yield chunk.choices[0].delta.content
         except openai.OpenAIError as err:
             raise _map_error(err) from err
         except httpx2.HTTPError as err:
             raise LLMUnavailableError(f"{self._base_url} stream broke off: {err!r}") from err
         except json.JSONDecodeError as err:
             raise LLMUnavailableError(f"{self._base_url} sent a malformed chunk: {err}") from err
-        text = "".join(parts)
-        if not text.strip():
-            raise LLMUnavailableError(f"{self._base_url} returned no text")
-        return text
 
     async def aclose(self) -> None:
         if self._client is not None:
