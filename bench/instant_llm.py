@@ -5,9 +5,10 @@ the system (gateway, streams, context, archive) and not a model. No user gets it
 default: it exists only in this folder.
 """
 
-from collections.abc import Sequence
+import re
+from collections.abc import AsyncGenerator, Sequence
 
-from services.responder.providers.base import ChatMessage, StopWhen
+from services.responder.providers.base import ChatMessage
 from services.responder.settings import ResponderSettings
 
 
@@ -21,16 +22,18 @@ class InstantProvider:
     async def start(self) -> None:
         return None
 
-    async def complete(
+    async def stream(
         self,
         system: str,
         messages: Sequence[ChatMessage],
         *,
         max_tokens: int,
         temperature: float,
-        enough: StopWhen | None = None,
-    ) -> str:
-        return f"Interesting: {messages[-1].content[:40]}. What made you think of that?"
+    ) -> AsyncGenerator[str, None]:
+        # Word by word, as a model streams tokens: several pieces per reply.
+        reply = f"Interesting: {messages[-1].content[:40]}. What made you think of that?"
+        for word in re.findall(r"\s*\S+", reply):
+            yield word
 
     async def aclose(self) -> None:
         return None

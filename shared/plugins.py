@@ -7,8 +7,10 @@ service passes. Anything else is refused at start-up, with the reason, rather th
 on every message.
 """
 
+import collections.abc
 import inspect
 import pkgutil
+import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -20,6 +22,15 @@ def _protocol_methods(protocol: type) -> dict[str, Any]:
         for name, member in vars(protocol).items()
         if inspect.isfunction(member) and not name.startswith("_")
     }
+
+
+def _yields(method: Any) -> bool:
+    """Whether the protocol's `method` returns an async iterator."""
+    returns = inspect.signature(method).return_annotation
+    return typing.get_origin(returns) in (
+        collections.abc.AsyncIterator,
+        collections.abc.AsyncGenerator,
+    )
 
 
 def _placeholder_call(method: Any) -> tuple[list[None], dict[str, None]]:
@@ -47,6 +58,8 @@ def check_implements(made: object, protocol: type, label: str) -> None:
             continue
         if inspect.iscoroutinefunction(expected) and not inspect.iscoroutinefunction(actual):
             problems.append(f"{name}() must be `async def`")
+        if _yields(expected) and not inspect.isasyncgenfunction(actual):
+            problems.append(f"{name}() must be an async generator (`async def` with `yield`)")
         args, kwargs = _placeholder_call(expected)
         try:
             inspect.signature(actual).bind(*args, **kwargs)

@@ -17,6 +17,7 @@ from services.responder.providers.base import (
     LLMProvider,
     LLMRateLimitedError,
     LLMUnavailableError,
+    complete,
 )
 from services.responder.settings import ResponderSettings
 from services.responder.shaping import enough_sentences, shape_reply
@@ -45,7 +46,8 @@ class Responder:
     ) -> tuple[str, bool]:
         """The companion's words, and whether they came from the model."""
         try:
-            raw = await self._llm.complete(
+            raw = await complete(
+                self._llm,
                 SYSTEM_PROMPT,
                 build_messages(context, event.text),
                 max_tokens=self._settings.claude_max_tokens,

@@ -159,4 +159,3 @@ class ReplyShaper:
         ):
             kept = kept[:-1]
         return " ".join(kept)
-

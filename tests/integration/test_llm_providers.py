@@ -1,9 +1,10 @@
 """Hosted providers with the real SDKs against local servers speaking their wire formats."""
 
+import re
 import sys
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from services.responder.providers import (
     create_provider,
 )
 from services.responder.providers.anthropic import AnthropicProvider
-from services.responder.providers.base import StopWhen
+from services.responder.providers.base import complete
 from services.responder.providers.local import LocalProvider
 from services.responder.providers.openai_compat import PLACEHOLDER_API_KEY, OpenAICompatProvider
 from services.responder.settings import ResponderSettings
@@ -127,7 +128,7 @@ async def make() -> AsyncIterator[Make]:
 
 
 async def ask(provider: LLMProvider, *, max_tokens: int = 150) -> str:
-    return await provider.complete(SYSTEM, HISTORY, max_tokens=max_tokens, temperature=0.4)
+    return await complete(provider, SYSTEM, HISTORY, max_tokens=max_tokens, temperature=0.4)
 
 
 # -- the reply and the request -------------------------------------------------------
@@ -148,7 +149,9 @@ async def test_generation_stops_once_the_caller_has_enough(target: Target, make:
         seen.append(text)
         return len(text.split()) >= 4
 
-    reply = await provider.complete(SYSTEM, HISTORY, max_tokens=150, temperature=0.4, enough=enough)
+    reply = await complete(
+        provider, SYSTEM, HISTORY, max_tokens=150, temperature=0.4, enough=enough
+    )
     # Pieces of two words arrive: the stream is left at the first that reaches four.
     assert REPLY.startswith(reply)
     assert 4 <= len(reply.split()) < len(REPLY.split())
@@ -187,7 +190,7 @@ async def test_openai_request_carries_prompt_model_limits_and_history(
     provider = await make(
         llm_base_url=openai_wire.base_url, llm_model="qwen2.5:3b", llm_api_key="sk-local"
     )
-    await provider.complete(SYSTEM, HISTORY, max_tokens=90, temperature=0.25)
+    await complete(provider, SYSTEM, HISTORY, max_tokens=90, temperature=0.25)
 
     sent = openai_wire.last_request
     assert sent.path == "/v1/chat/completions"
@@ -441,39 +444,28 @@ class EchoProvider:
     async def start(self) -> None:
         self.started = True
 
-    async def complete(
-        self,
-        system: str,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        enough: StopWhen | None = None,
-    ) -> str:
-        return f"echo: {messages[-1].content}"
+    async def stream(
+        self, system: str, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> AsyncGenerator[str, None]:
+        for word in re.findall(r"\s*\S+", f"echo: {messages[-1].content}"):
+            yield word
 
     async def aclose(self) -> None:
         self.started = False
 
 
 class OldEchoProvider(EchoProvider):
-    """A provider written before `enough` existed: the responder passes it always."""
+    """A provider whose stream takes no `temperature`: the responder passes it always."""
 
-    async def complete(  # type: ignore[override]
-        self, system: str, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> str:
-        return "never called"
+    async def stream(  # type: ignore[override]
+        self, system: str, messages: Sequence[ChatMessage], *, max_tokens: int
+    ) -> AsyncGenerator[str, None]:
+        yield "never called"
 
 
 class BlockingEchoProvider(EchoProvider):
-    def complete(  # type: ignore[override]
-        self,
-        system: str,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        enough: StopWhen | None = None,
+    async def stream(  # type: ignore[override]
+        self, system: str, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
     ) -> str:
         return "never called"
 
@@ -517,8 +509,8 @@ def test_factory_path_may_name_an_attribute_of_an_attribute(plugin: str) -> None
         ("{plugin}:missing", ValueError, "has no attribute 'missing'"),
         ("{plugin}:not_callable", ValueError, "not callable"),
         ("{plugin}:make_nothing", TypeError, "not a usable LLMProvider: no attribute 'name'"),
-        ("{plugin}:make_old", TypeError, r"complete\(\) cannot be called as .*enough"),
-        ("{plugin}:make_blocking", TypeError, r"complete\(\) must be `async def`"),
+        ("{plugin}:make_old", TypeError, r"stream\(\) cannot be called as .*temperature"),
+        ("{plugin}:make_blocking", TypeError, r"stream\(\) must be an async generator"),
         (":make_echo", ValueError, "package.module:factory"),
     ],
 )

@@ -1,7 +1,7 @@
 """The responder's decisions on a real Redis: an utterance is answered once, whatever
 its deliveries, and one whose asker gave up is archived without asking the model."""
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import timedelta
 from itertools import count
 
@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.responder.context import ContextStore
-from services.responder.providers.base import ChatMessage, LLMUnavailableError, StopWhen
+from services.responder.providers.base import ChatMessage, LLMUnavailableError
 from services.responder.service import Responder
 from services.responder.settings import ResponderSettings
 from shared.events import UtteranceReceived, utcnow
@@ -29,19 +29,14 @@ class CountingModel:
     async def start(self) -> None:
         return None
 
-    async def complete(
-        self,
-        system: str,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        enough: StopWhen | None = None,
-    ) -> str:
+    async def stream(
+        self, system: str, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> AsyncGenerator[str, None]:
         self.calls += 1
         if self.fail:
             raise LLMUnavailableError("scripted outage")
-        return f"Answer number {next(self._numbers)}. What do you think?"
+        yield f"Answer number {next(self._numbers)}."
+        yield " What do you think?"
 
     async def aclose(self) -> None:
         return None

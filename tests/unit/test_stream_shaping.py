@@ -90,9 +90,7 @@ def test_any_model_output_in_any_pieces_joins_to_the_shaped_reply(
     user=st.sampled_from([VAGUE, DETAILED]),
 )
 @settings(max_examples=800)
-def test_what_is_sent_is_never_contradicted_by_what_follows(
-    pieces: list[str], user: str
-) -> None:
+def test_what_is_sent_is_never_contradicted_by_what_follows(pieces: list[str], user: str) -> None:
     """Every prefix sent is a prefix of the reply shaped from any longer output."""
     shaper = ReplyShaper(user)
     consumed = ""

@@ -1,7 +1,7 @@
 """Claude through the Anthropic Messages API, streamed."""
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import anthropic
 import httpx2
@@ -51,7 +51,7 @@ class AnthropicProvider(CompleteMixin):
         *,
         max_tokens: int,
         temperature: float,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         # `temperature` is deliberately not sent: SDK 2.x speaks API version
         # 2026-10-21, which rejects every sampling parameter with a 400 (the SDK
         # no longer even accepts one).

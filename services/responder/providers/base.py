@@ -1,6 +1,6 @@
 """The one interface every language-model provider implements, and its errors."""
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from typing import Literal, Protocol, cast, runtime_checkable
 
@@ -73,7 +73,7 @@ class LLMProvider(Protocol):
         *,
         max_tokens: int,
         temperature: float,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """The reply's text as it is written (an `async def` with `yield`)."""
         ...
 
@@ -121,5 +121,9 @@ class CompleteMixin:
     ) -> str:
         return await complete(
             cast(LLMProvider, self),
-            system, messages, max_tokens=max_tokens, temperature=temperature, enough=enough
+            system,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            enough=enough,
         )

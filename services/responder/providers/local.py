@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -96,7 +96,7 @@ class LocalProvider(CompleteMixin):
         *,
         max_tokens: int,
         temperature: float,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         if not self._thread.started:
             raise RuntimeError("LocalProvider.start() was not called")
         # Roles are only ever system, user and assistant: the SDK's typed dicts fit.

@@ -1,7 +1,7 @@
 """Any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, OpenAI), streamed."""
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import cast
 
 import httpx2
@@ -57,7 +57,7 @@ class OpenAICompatProvider(CompleteMixin):
         *,
         max_tokens: int,
         temperature: float,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         client = self._require_client()
         # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
         chat = cast(list[ChatCompletionMessageParam], chat_messages(system, messages))
