@@ -50,11 +50,36 @@ class Event(Expiring):
     occurred_at: datetime = Field(default_factory=utcnow)
 
 
+class Timings(Message):
+    """Where a reply's time went, in milliseconds (None: that step did not happen).
+
+    Durations across hosts compare their clocks (keep them in sync).
+    """
+
+    # Waiting in streams: from the gateway's publish until work on it began (for a
+    # clip, the wait for the transcriber plus the wait for the responder).
+    queued: float | None = None
+    # The transcriber's work on a clip: decoding and recognition.
+    transcribe: float | None = None
+    # From the language-model call to its first piece of text.
+    first_token: float | None = None
+    # The whole language-model call, until its last piece (or its cancel).
+    generate: float | None = None
+    # From the gateway's receipt of the message until it sent the reply.
+    total: float | None = None
+
+
 class UtteranceReceived(Event):
     """Something the learner said, as text: typed, or transcribed from audio."""
 
     text: Annotated[str, StringConstraints(min_length=1)]
     input: Literal["text", "audio"] = "text"
+    # The asker shows the reply as it is written: send it in pieces (`DeltaReply`).
+    stream: bool = False
+    # Timings so far (a clip's wait and transcription) and when this event was
+    # published, so the responder can add its own wait.
+    timings: Timings = Field(default_factory=Timings)
+    published_at: datetime | None = None
 
 
 class AudioReceived(Event):
@@ -62,6 +87,8 @@ class AudioReceived(Event):
 
     audio_key: str
     size_bytes: int = Field(ge=0)
+    # The asker wants the transcript (`TranscriptReply`) and the reply in pieces.
+    stream: bool = False
 
 
 class SessionEndRequested(Event):
@@ -84,6 +111,8 @@ class ExchangeCompleted(Event):
     # The asker had given up before the model was asked: `agent_text` is empty,
     # and the learner's words are kept all the same.
     expired: bool = False
+    # The learner cut the reply short: `agent_text` is what they received.
+    cancelled: bool = False
 
 
 # Replies: sent by a worker to the `reply_to` stream of the asking instance.
@@ -100,6 +129,23 @@ class ConversationReply(Reply):
     agent_text: str
     intent: Intent
     timestamp: datetime
+    # Cut short by a cancel: `agent_text` is what had been sent.
+    cancelled: bool = False
+    timings: Timings = Field(default_factory=Timings)
+
+
+class TranscriptReply(Reply):
+    """What the transcriber heard, sent before the companion starts to answer."""
+
+    kind: Literal["transcript"] = "transcript"
+    text: str
+
+
+class DeltaReply(Reply):
+    """The next piece of a reply being written; the pieces join to its `agent_text`."""
+
+    kind: Literal["delta"] = "delta"
+    text: str
 
 
 class SummaryReply(Reply):
@@ -160,9 +206,18 @@ class StatsReply(Reply):
 
 
 AnyReply = Annotated[
-    ConversationReply | SummaryReply | ErrorReply | SearchReply | HistoryReply | StatsReply,
+    ConversationReply
+    | TranscriptReply
+    | DeltaReply
+    | SummaryReply
+    | ErrorReply
+    | SearchReply
+    | HistoryReply
+    | StatsReply,
     Field(discriminator="kind"),
 ]
+# Replies that come before the one that ends a request.
+PARTIAL_REPLIES = (TranscriptReply, DeltaReply)
 
 
 # Requests to the archiver, the only reader of the database (request-reply).

@@ -17,8 +17,11 @@ its stream) is dropped instead of creating a stream nobody would ever delete.
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import cast
 
 from faststream.redis import RedisBroker
@@ -28,9 +31,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.events import AnyReply, Reply
+from shared.events import PARTIAL_REPLIES, AnyReply, DeltaReply, Reply
 from shared.settings import CommonSettings
-from shared.streams import REPLY_STREAMS, reply_stream
+from shared.streams import REPLY_STREAMS, Keys, reply_stream
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,16 @@ READ_BATCH = 500
 # The reader counts as running while its last read returned this recently.
 READER_STALE_S = READ_BLOCK_MS / 1000 * 5
 
-# KEYS: reply stream, registry. ARGV: maxlen, field, data, ttl for an unowned stream.
+# KEYS: reply stream, registry, and optionally a cancel key. ARGV: maxlen, field,
+# data, ttl for an unowned stream. With the cancel key set, nothing is sent (-1):
+# the piece belongs to a reply its asker stopped.
 # A registered stream takes the reply. An unregistered one takes nothing while the
 # registry exists (its instance stopped). With no registry at all, Redis lost its
 # data (a flush, or a restart without persistence) and registrations come back
 # within a heartbeat: the reply is delivered, and a stream it had to create expires
 # unless its instance registers again (which removes the expiry).
 _SEND = """
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 if not redis.call('ZSCORE', KEYS[2], KEYS[1]) then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[3])
@@ -65,6 +71,14 @@ return 1
 """
 
 
+class Sent(enum.Enum):
+    DELIVERED = 1
+    # Nobody waits for it: no asker, or its instance stopped.
+    NOBODY = 0
+    # Not sent: the asker cancelled the reply this piece belongs to.
+    CANCELLED = -1
+
+
 class ReplySender:
     """Sends a worker's replies to the reply stream of the instance that asked."""
 
@@ -74,8 +88,14 @@ class ReplySender:
 
     async def send(self, reply: Reply, reply_to: str | None) -> bool:
         """Deliver `reply`; False when nobody waits for it (no asker, or gone)."""
+        return await self.deliver(reply, reply_to) is Sent.DELIVERED
+
+    async def deliver(
+        self, reply: Reply, reply_to: str | None, *, unless_cancelled: str | None = None
+    ) -> Sent:
+        """Deliver `reply`, unless the request `unless_cancelled` was cancelled."""
         if not reply_to:
-            return False
+            return Sent.NOBODY
         headers: dict[str, str] = {
             "content-type": "application/json",
             "correlation_id": reply.in_reply_to,
@@ -88,21 +108,41 @@ class ReplySender:
             headers=headers,
             correlation_id=reply.in_reply_to,
         )
-        sent = await self._script(
-            keys=[reply_to, REPLY_STREAMS],
-            args=[self._maxlen, _DATA, data, int(STALE_AFTER_S)],
+        keys = [reply_to, REPLY_STREAMS]
+        if unless_cancelled is not None:
+            keys.append(Keys.cancel(unless_cancelled))
+        sent = Sent(
+            await self._script(keys=keys, args=[self._maxlen, _DATA, data, int(STALE_AFTER_S)])
         )
-        if not sent:
+        if sent is Sent.NOBODY:
             log.info(
                 "reply to %s dropped: %s belongs to an instance that stopped",
                 reply.in_reply_to,
                 reply_to,
             )
-        return bool(sent)
+        return sent
 
 
 class ReplyTimeoutError(Exception):
     """No reply arrived before the deadline."""
+
+
+def _coalesce(
+    first: DeltaReply, queue: "asyncio.Queue[AnyReply]"
+) -> tuple[DeltaReply, AnyReply | None]:
+    """`first` joined with the pieces already waiting behind it, and the first
+    reply after them that is not a piece (if one is waiting)."""
+    texts = [first.text]
+    while not queue.empty():
+        nxt = queue.get_nowait()
+        if not isinstance(nxt, DeltaReply):
+            return _joined(first, texts), nxt
+        texts.append(nxt.text)
+    return _joined(first, texts), None
+
+
+def _joined(first: DeltaReply, texts: list[str]) -> DeltaReply:
+    return first if len(texts) == 1 else first.model_copy(update={"text": "".join(texts)})
 
 
 class ReplyRouter:
@@ -117,7 +157,8 @@ class ReplyRouter:
         self._redis = redis
         self._settings = settings
         self.stream = reply_stream(service, settings.instance_id)
-        self._pending: dict[str, asyncio.Future[AnyReply]] = {}
+        # Replies of each request still awaited, in arrival order.
+        self._pending: dict[str, asyncio.Queue[AnyReply]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_read: float | None = None
 
@@ -139,11 +180,11 @@ class ReplyRouter:
         except (ValidationError, ValueError):
             log.exception("unreadable reply on %s dropped", self.stream)
             return
-        future = self._pending.get(reply.in_reply_to)
-        if future is None or future.done():
+        queue = self._pending.get(reply.in_reply_to)
+        if queue is None:
             log.info("reply to %s arrived after its deadline", reply.in_reply_to)
             return
-        future.set_result(reply)
+        queue.put_nowait(reply)
 
     async def _read_forever(self) -> None:
         # The stream is this process's own (its instance id is new at every start),
@@ -173,26 +214,55 @@ class ReplyRouter:
                     last = entry_id
                     self._deliver(fields.get(_DATA))
 
+    async def exchange(
+        self, stream: str, message: BaseModel, request_id: str, timeout: float
+    ) -> AsyncGenerator[AnyReply, None]:
+        """Publish `message` to `stream` and yield its replies as they arrive: any
+        partial ones (a transcript, pieces of the reply), then the one that ends it.
+
+        The whole exchange, publishing included, ends after `timeout` seconds with
+        ReplyTimeoutError. A RedisError means the request could not be published.
+        Pieces that arrived together while the caller was busy come as one: a slow
+        reader gets fewer, larger pieces, never a backlog of small ones.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        queue: asyncio.Queue[AnyReply] = asyncio.Queue()
+        self._pending[request_id] = queue
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._broker.publish(
+                        message, stream=stream, maxlen=self._settings.stream_maxlen
+                    )
+            except TimeoutError as exc:
+                raise ReplyTimeoutError(request_id) from exc
+            while True:
+                try:
+                    reply = await asyncio.wait_for(queue.get(), deadline - loop.time())
+                except TimeoutError as exc:
+                    raise ReplyTimeoutError(request_id) from exc
+                if isinstance(reply, DeltaReply):
+                    reply, after = _coalesce(reply, queue)
+                    yield reply
+                    if after is None:
+                        continue
+                    reply = after
+                yield reply
+                if not isinstance(reply, PARTIAL_REPLIES):
+                    return
+        finally:
+            self._pending.pop(request_id, None)
+
     async def request(
         self, stream: str, message: BaseModel, request_id: str, timeout: float
     ) -> AnyReply:
-        """Publish `message` to `stream` and wait for the reply to `request_id`.
-
-        The whole wait, publishing included, ends after `timeout` seconds. A
-        RedisError means the request could not be published.
-        """
-        future: asyncio.Future[AnyReply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            async with asyncio.timeout(timeout):
-                await self._broker.publish(
-                    message, stream=stream, maxlen=self._settings.stream_maxlen
-                )
-                return await future
-        except TimeoutError as exc:
-            raise ReplyTimeoutError(request_id) from exc
-        finally:
-            self._pending.pop(request_id, None)
+        """Publish `message` to `stream` and return the reply that ends the request."""
+        async with aclosing(self.exchange(stream, message, request_id, timeout)) as replies:
+            async for reply in replies:
+                if not isinstance(reply, PARTIAL_REPLIES):
+                    return reply
+        raise ReplyTimeoutError(request_id)
 
     async def start(self) -> None:
         await self.beat()

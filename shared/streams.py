@@ -29,6 +29,9 @@ def reply_stream(service: str, instance_id: str) -> str:
     return f"replies.{service}.{instance_id}"
 
 
+# Pub/sub channel of cancels: the id of a request whose reply must stop now.
+CANCELS: Final = "cancels"
+
 # Registry of live reply streams (score: last heartbeat, unix seconds), so a
 # surviving instance can delete the reply stream of one that died.
 REPLY_STREAMS: Final = "replies.registry"
@@ -53,6 +56,11 @@ class Keys:
     def exchange_done(event_id: str) -> str:
         """Marks an utterance whose exchange is already in the context (redelivery guard)."""
         return f"exchange:{event_id}:done"
+
+    @staticmethod
+    def cancel(event_id: str) -> str:
+        """Set while the reply to this request must stop (its asker cancelled it)."""
+        return f"cancel:{event_id}"
 
     @staticmethod
     def audio(event_id: str) -> str:

@@ -62,6 +62,10 @@ class Worker:
         self._redis: Redis | None = None
         self._background = BackgroundTasks()
 
+    def run_in_background(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """A helper of the service's own that runs until the worker stops."""
+        self._background.start(name, factory)
+
     @property
     def redis(self) -> Redis:
         if self._redis is None:

@@ -83,6 +83,9 @@ def _metadata(exchange: ExchangeCompleted) -> str:
     if exchange.expired:
         # The learner's words, unanswered: they had stopped waiting.
         metadata["expired"] = True
+    if exchange.cancelled:
+        # The learner cut the reply short: `agent_text` is what they received.
+        metadata["cancelled"] = True
     return json.dumps(metadata)
 
 

@@ -1,16 +1,24 @@
 """REST routes of the gateway (v1's contract)."""
 
 import asyncio
+import json
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from services.gateway import intake, validation
+from services.gateway.backend import Backend, BackendError
 from services.gateway.deps import AudioBudgetDep, BackendDep, RedisDep, SettingsDep
+from services.gateway.intake import AudioBudget
+from services.gateway.messages import elapsed_ms, error, reply_body
 from services.gateway.schemas import (
     ConversationRequest,
     ConversationResponse,
@@ -22,6 +30,8 @@ from services.gateway.schemas import (
     SessionStats,
     StatsResponse,
 )
+from services.gateway.settings import GatewaySettings
+from shared.events import AudioReceived, UtteranceReceived
 
 VERSION = "2.0.0"
 
@@ -57,22 +67,29 @@ async def health(redis: RedisDep, backend: BackendDep, request: Request) -> JSON
 router.add_api_route("/", health, methods=["GET"], include_in_schema=False)
 
 
-@router.post(
-    "/api/conversation",
-    response_model=ConversationResponse,
-    # The body is read by hand (below); the schema still documents it.
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ConversationRequest.model_json_schema()}},
-        }
-    },
-)
-async def conversation(
-    request: Request, backend: BackendDep, budget: AudioBudgetDep, settings: SettingsDep
-) -> ConversationResponse:
-    # Parsed here rather than by FastAPI: a clip's 33 MB of JSON would be parsed
-    # on the event loop, stalling every other learner's connection.
+# The body is read by hand (see `read_utterance`); the schema still documents it.
+_CONVERSATION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ConversationRequest.model_json_schema()}},
+    }
+}
+
+
+async def read_utterance(
+    request: Request,
+    backend: Backend,
+    budget: AudioBudget,
+    settings: GatewaySettings,
+    *,
+    stream: bool,
+) -> tuple[str, UtteranceReceived | AudioReceived]:
+    """The session and the event for a conversation request, its clip (if any)
+    already waiting in Redis.
+
+    Parsed here rather than by FastAPI: a clip's 33 MB of JSON would be parsed on
+    the event loop, stalling every other learner's connection.
+    """
     try:
         body = await intake.parse_model(ConversationRequest, await request.body())
     except ValidationError as exc:
@@ -82,21 +99,63 @@ async def conversation(
     if body.audio_base64 is not None:
         audio, held = await budget.decode(body.audio_base64, settings.max_audio_bytes)
         try:
-            reply = await backend.hear(session_id, "api", audio, held=held)
+            event = await backend.audio_event(session_id, "api", audio, held=held, stream=stream)
         finally:
             held.release()
-    elif body.text is not None:
+        return session_id, event
+    if body.text is not None:
         text = validation.utterance(body.text, settings.max_text_chars)
-        reply = await backend.say(session_id, "api", text)
-    else:
-        raise HTTPException(400, "No input provided: send `text` or `audio_base64`")
+        return session_id, backend.text_event(session_id, "api", text, stream=stream)
+    raise HTTPException(400, "No input provided: send `text` or `audio_base64`")
+
+
+@router.post(
+    "/api/conversation", response_model=ConversationResponse, openapi_extra=_CONVERSATION_BODY
+)
+async def conversation(
+    request: Request, backend: BackendDep, budget: AudioBudgetDep, settings: SettingsDep
+) -> ConversationResponse:
+    received = time.monotonic()
+    session_id, event = await read_utterance(request, backend, budget, settings, stream=False)
+    reply = await backend.reply_to(event)
     return ConversationResponse(
         session_id=session_id,
         user_text=reply.user_text,
         agent_text=reply.agent_text,
         intent=reply.intent,
         timestamp=reply.timestamp,
+        timings=reply.timings.model_copy(update={"total": elapsed_ms(received)}),
     )
+
+
+@router.post(
+    "/api/conversation/stream",
+    response_class=EventSourceResponse,
+    openapi_extra=_CONVERSATION_BODY,
+    responses={200: {"description": "`transcript`, `delta`, then `response` (or `error`)"}},
+)
+async def conversation_stream(
+    request: Request, backend: BackendDep, budget: AudioBudgetDep, settings: SettingsDep
+) -> EventSourceResponse:
+    """The reply as Server-Sent Events, with the WebSocket's message bodies:
+    `transcript` (for a clip), `delta` pieces, then `response`; a failure after the
+    stream began is an `error` event."""
+    received = time.monotonic()
+    session_id, event = await read_utterance(request, backend, budget, settings, stream=True)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async with aclosing(backend.converse(event)) as replies:
+                async for reply in replies:
+                    body = reply_body(reply, received)
+                    if body["type"] == "response":
+                        body["session_id"] = session_id
+                    yield format_sse_event(event=body["type"], data_str=json.dumps(body))
+        except BackendError as exc:
+            body = error(exc.code, exc.reason)
+            yield format_sse_event(event="error", data_str=json.dumps(body))
+
+    return EventSourceResponse(events(), headers={"Cache-Control": "no-store"})
 
 
 @router.post("/api/search", response_model=SearchResponse)

@@ -5,6 +5,8 @@ and waits on its own reply stream (shared.replies.ReplyRouter).
 """
 
 import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -14,10 +16,12 @@ from redis.exceptions import RedisError
 
 from services.gateway.intake import Reservation
 from services.gateway.settings import GatewaySettings
+from shared.cancel import request_cancel
 from shared.events import (
     ArchiveQuery,
     AudioReceived,
     ConversationReply,
+    DeltaReply,
     ErrorReply,
     Event,
     HistoryQuery,
@@ -30,6 +34,7 @@ from shared.events import (
     StatsQuery,
     StatsReply,
     SummaryReply,
+    TranscriptReply,
     UtteranceReceived,
     new_id,
     utcnow,
@@ -83,23 +88,30 @@ class Backend:
         self._redis = redis
         self._settings = settings
 
+    def _failure(self, exc: BaseException, timeout: float) -> BackendError:
+        if isinstance(exc, ReplyTimeoutError):
+            return BackendError(
+                f"no reply within {timeout:g} s; the service may be busy or down, try again",
+                status=504,
+                code="timeout",
+            )
+        return unavailable(exc)
+
+    @staticmethod
+    def _refusal(reply: ErrorReply) -> BackendError:
+        return BackendError(
+            reply.message, status=ERROR_STATUS.get(reply.code, 500), code=reply.code
+        )
+
     async def _ask(
         self, stream: str, message: BaseModel, request_id: str, timeout: float, expect: type[R]
     ) -> R:
         try:
             reply = await self._router.request(stream, message, request_id, timeout)
-        except (RedisError, OSError) as exc:
-            raise unavailable(exc) from exc
-        except ReplyTimeoutError as exc:
-            raise BackendError(
-                f"no reply within {timeout:g} s; the service may be busy or down, try again",
-                status=504,
-                code="timeout",
-            ) from exc
+        except (RedisError, OSError, ReplyTimeoutError) as exc:
+            raise self._failure(exc, timeout) from exc
         if isinstance(reply, ErrorReply):
-            raise BackendError(
-                reply.message, status=ERROR_STATUS.get(reply.code, 500), code=reply.code
-            )
+            raise self._refusal(reply)
         if not isinstance(reply, expect):
             raise BackendError(f"unexpected {reply.kind} reply", status=500, code="internal")
         return reply
@@ -116,28 +128,44 @@ class Backend:
         # Workers skip what arrives after it: the learner has been told to try again.
         return utcnow() + timedelta(seconds=timeout)
 
-    async def say(self, session_id: str, source: Source, text: str) -> ConversationReply:
-        event = UtteranceReceived(
+    @property
+    def reply_reader_state(self) -> str:
+        return self._router.reader_state
+
+    def text_event(
+        self,
+        session_id: str,
+        source: Source,
+        text: str,
+        *,
+        event_id: str | None = None,
+        stream: bool = False,
+    ) -> UtteranceReceived:
+        return UtteranceReceived(
+            event_id=event_id or new_id(),
             session_id=session_id,
             source=source,
             text=text,
             reply_to=self._router.stream,
             deadline=self._deadline(self._settings.reply_timeout),
+            stream=stream,
         )
-        return await self._event(UTTERANCE_RECEIVED, event, ConversationReply)
 
-    @property
-    def reply_reader_state(self) -> str:
-        return self._router.reader_state
-
-    async def hear(
-        self, session_id: str, source: Source, audio: bytes, *, held: Reservation | None = None
-    ) -> ConversationReply:
+    async def audio_event(
+        self,
+        session_id: str,
+        source: Source,
+        audio: bytes,
+        *,
+        held: Reservation | None = None,
+        event_id: str | None = None,
+        stream: bool = False,
+    ) -> AudioReceived:
         """A clip: its bytes wait in Redis (claim check), the event carries the key.
 
         `held` is released once Redis has the bytes: the gateway holds them no longer.
         """
-        event_id = new_id()
+        event_id = event_id or new_id()
         event = AudioReceived(
             event_id=event_id,
             session_id=session_id,
@@ -146,6 +174,7 @@ class Backend:
             deadline=self._deadline(self._settings.reply_timeout),
             audio_key=Keys.audio(event_id),
             size_bytes=len(audio),
+            stream=stream,
         )
         try:
             await self._redis.set(event.audio_key, audio, ex=self._settings.audio_ttl)
@@ -154,8 +183,53 @@ class Backend:
         finally:
             if held is not None:
                 held.release()
+        return event
+
+    async def converse(
+        self, event: UtteranceReceived | AudioReceived
+    ) -> AsyncGenerator[TranscriptReply | DeltaReply | ConversationReply, None]:
+        """The replies to one thing the learner said: for a streaming asker, what
+        was heard and the reply's pieces, then always the whole reply."""
+        stream = AUDIO_RECEIVED if isinstance(event, AudioReceived) else UTTERANCE_RECEIVED
+        timeout = self._settings.reply_timeout
+        replies = self._router.exchange(stream, event, event.event_id, timeout)
+        try:
+            async with aclosing(replies):
+                async for reply in replies:
+                    if isinstance(reply, ErrorReply):
+                        raise self._refusal(reply)
+                    if not isinstance(reply, TranscriptReply | DeltaReply | ConversationReply):
+                        raise BackendError(
+                            f"unexpected {reply.kind} reply", status=500, code="internal"
+                        )
+                    yield reply
+        except (RedisError, OSError, ReplyTimeoutError) as exc:
+            raise self._failure(exc, timeout) from exc
+
+    async def reply_to(self, event: UtteranceReceived | AudioReceived) -> ConversationReply:
+        """The whole reply (v1's one answer)."""
+        async with aclosing(self.converse(event)) as replies:
+            async for reply in replies:
+                if isinstance(reply, ConversationReply):
+                    return reply
+        raise BackendError("the reply ended without an answer", status=500, code="internal")
+
+    async def say(self, session_id: str, source: Source, text: str) -> ConversationReply:
+        return await self.reply_to(self.text_event(session_id, source, text))
+
+    async def hear(
+        self, session_id: str, source: Source, audio: bytes, *, held: Reservation | None = None
+    ) -> ConversationReply:
+        event = await self.audio_event(session_id, source, audio, held=held)
         del audio
-        return await self._event(AUDIO_RECEIVED, event, ConversationReply)
+        return await self.reply_to(event)
+
+    async def cancel(self, event_id: str) -> None:
+        """Stop the reply to `event_id` (a learner's cancel): see `shared.cancel`."""
+        try:
+            await request_cancel(self._redis, event_id)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
 
     async def end(self, session_id: str, source: Source) -> SummaryReply:
         event = SessionEndRequested(

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, field_serializer
 
-from shared.events import HistoryItem, Intent, SearchHit
+from shared.events import HistoryItem, Intent, SearchHit, Timings
 
 
 class ConversationRequest(BaseModel):
@@ -19,6 +19,8 @@ class ConversationResponse(BaseModel):
     agent_text: str
     intent: Intent
     timestamp: datetime
+    # Where the reply's time went, in milliseconds (see the README).
+    timings: Timings
 
     @field_serializer("timestamp")
     def _zulu(self, value: datetime) -> str:

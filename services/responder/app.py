@@ -7,10 +7,11 @@ from faststream.redis import RedisBroker, StreamSub
 
 from services.responder.context import ContextStore
 from services.responder.providers import create_provider
-from services.responder.service import Responder
+from services.responder.service import PieceSink, Responder
 from services.responder.settings import ResponderSettings
-from shared.events import SessionEndRequested, UtteranceReceived
-from shared.replies import ReplySender
+from shared.cancel import CancelWatch
+from shared.events import DeltaReply, SessionEndRequested, UtteranceReceived
+from shared.replies import ReplySender, Sent
 from shared.streams import EXCHANGE_COMPLETED, SESSION_END_REQUESTED, UTTERANCE_RECEIVED, Groups
 from shared.worker import Worker
 
@@ -40,9 +41,21 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
             max_records=settings.responder_concurrency,
         )
 
+    def pieces_for(event: UtteranceReceived) -> PieceSink | None:
+        """Where the reply's pieces go, for an asker that shows them as they come."""
+        if not (event.stream and event.reply_to):
+            return None
+
+        async def send(text: str) -> bool:
+            piece = DeltaReply(in_reply_to=event.event_id, session_id=event.session_id, text=text)
+            sent = await rt.replies.deliver(piece, event.reply_to, unless_cancelled=event.event_id)
+            return sent is not Sent.CANCELLED
+
+        return send
+
     @broker.subscriber(stream=group(UTTERANCE_RECEIVED), max_workers=settings.responder_concurrency)
     async def on_utterance(event: UtteranceReceived) -> None:
-        answer, exchange = await rt.responder.answer(event)
+        answer, exchange = await rt.responder.answer(event, pieces_for(event))
         if answer is not None:
             await rt.replies.send(answer, event.reply_to)
         await broker.publish(exchange, stream=EXCHANGE_COMPLETED, maxlen=settings.stream_maxlen)
@@ -56,7 +69,9 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
         store = ContextStore(
             worker.redis, max_exchanges=settings.max_context_exchanges, ttl_s=settings.redis_ttl
         )
-        rt.responder = Responder(store, llm, settings)
+        cancels = CancelWatch(worker.redis)
+        worker.run_in_background("cancels", cancels.run)
+        rt.responder = Responder(store, llm, settings, cancels)
         rt.replies = ReplySender(worker.redis, settings)
         # The model loads before the first message is read: never per message.
         await llm.start()

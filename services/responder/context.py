@@ -14,6 +14,7 @@ asking the model again.
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -34,6 +35,7 @@ class StoredAnswer(BaseModel):
 
     agent_text: str
     at: datetime
+    cancelled: bool = False
 
 
 class SessionMetadata(BaseModel):
@@ -70,6 +72,15 @@ redis.call('SET', KEYS[2], cjson.encode(meta), 'EX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class Recalled:
+    # The answer this utterance already got (it is being delivered again).
+    earlier: StoredAnswer | None
+    context: list[ContextExchange]
+    # Its asker cancelled the reply before it was begun.
+    cancelled: bool
 
 
 def _stored_answer(raw: bytes | str | None) -> StoredAnswer | None:
@@ -111,12 +122,13 @@ class ContextStore:
         agent: str,
         at: datetime,
         in_context: bool = True,
+        cancelled: bool = False,
     ) -> bool:
         """Keep the answer and append the exchange to the context (unless not
         `in_context`); False if this utterance was already answered."""
         stamp = iso_z(at)
         exchange = json.dumps({"timestamp": stamp, "user": user, "agent": agent})
-        answer = StoredAnswer(agent_text=agent, at=at).model_dump_json()
+        answer = StoredAnswer(agent_text=agent, at=at, cancelled=cancelled).model_dump_json()
         added = await self._record(
             keys=[
                 Keys.context(session_id),
@@ -142,14 +154,16 @@ class ContextStore:
         """The answer an utterance already got, if it was answered before."""
         return _stored_answer(await self._redis.get(Keys.exchange_done(event_id)))
 
-    async def recall(
-        self, session_id: str, event_id: str
-    ) -> tuple[StoredAnswer | None, list[ContextExchange]]:
-        """The utterance's earlier answer, if any, and the session's context: what
-        answering needs, in one round trip."""
-        marker, raw = await self._redis.mget(Keys.exchange_done(event_id), Keys.context(session_id))
-        context = [ContextExchange.model_validate(x) for x in json.loads(raw or "[]")]
-        return _stored_answer(marker), context
+    async def recall(self, session_id: str, event_id: str) -> "Recalled":
+        """What answering an utterance needs, in one round trip."""
+        marker, raw, cancel = await self._redis.mget(
+            Keys.exchange_done(event_id), Keys.context(session_id), Keys.cancel(event_id)
+        )
+        return Recalled(
+            earlier=_stored_answer(marker),
+            context=[ContextExchange.model_validate(x) for x in json.loads(raw or "[]")],
+            cancelled=cancel is not None,
+        )
 
     async def end(self, session_id: str) -> list[ContextExchange]:
         """Return the session's context and forget the session (v1 end_session)."""

@@ -1,11 +1,24 @@
 """The responder's decisions, free of any broker: an utterance in, a reply and an
-exchange out. The FastStream handlers in `main` only deliver what this returns."""
+exchange out. The FastStream handlers in `app` only deliver what this returns.
 
+A reply streams while the model writes it: settled text (see `shaping`) is cut
+into pieces (see `pieces`) and handed to a `PieceSink` as it comes, for an asker
+that shows the reply as it is written. A cancel stops the model at once; the reply,
+the context and the archive then hold what the learner received, no more.
+"""
+
+import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.responder.context import ContextExchange, ContextStore
 from services.responder.intent import detect_intent
+from services.responder.pieces import PieceCutter
 from services.responder.prompts import (
     RATE_LIMITED_REPLY,
     SYSTEM_PROMPT,
@@ -17,69 +30,190 @@ from services.responder.providers.base import (
     LLMProvider,
     LLMRateLimitedError,
     LLMUnavailableError,
-    complete,
 )
 from services.responder.settings import ResponderSettings
-from services.responder.shaping import enough_sentences, shape_reply
+from services.responder.shaping import ReplyShaper
 from services.responder.summary import summarize
+from shared.cancel import CancelWatch
 from shared.events import (
     ConversationReply,
     ExchangeCompleted,
     Intent,
     SessionEndRequested,
     SummaryReply,
+    Timings,
     UtteranceReceived,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
+# Sends one piece of the reply to its asker; False if the asker cancelled it.
+PieceSink = Callable[[str], Awaitable[bool]]
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 2)
+
+
+def _ms_between(start: datetime, end: datetime) -> float:
+    return round(max(0.0, (end - start).total_seconds() * 1000), 2)
+
+
+@dataclass
+class Generation:
+    """One reply being written, as far as it got."""
+
+    shaper: ReplyShaper
+    sink: PieceSink | None
+    cutter: PieceCutter = field(default_factory=PieceCutter)
+    # What the asker received, piece by piece.
+    delivered: str = ""
+    # The model wrote something other than white space.
+    wrote: bool = False
+    cancelled: bool = False
+    # What went wrong, if the model failed: the apology to send instead.
+    apology: str | None = None
+    first_token_ms: float | None = None
+    generate_ms: float | None = None
+
+    async def send(self, text: str | None) -> None:
+        """Hand `text` to the asker (if it streams); notice a cancel."""
+        if not text or self.sink is None or self.cancelled:
+            return
+        if await self.sink(text):
+            self.delivered += text
+        else:
+            self.cancelled = True
+
+    async def settle(self, text: str) -> None:
+        if text and self.sink is not None:
+            await self.send(self.cutter.add(text))
+
+    @property
+    def text(self) -> str:
+        """The reply as the learner has it."""
+        return self.delivered if self.sink is not None else self.shaper.sent
+
 
 class Responder:
-    def __init__(self, store: ContextStore, llm: LLMProvider, settings: ResponderSettings) -> None:
+    def __init__(
+        self,
+        store: ContextStore,
+        llm: LLMProvider,
+        settings: ResponderSettings,
+        cancels: CancelWatch | None = None,
+    ) -> None:
         self._store = store
         self._llm = llm
         self._settings = settings
+        self._cancels = cancels
 
-    async def _generate(
-        self, event: UtteranceReceived, context: list[ContextExchange]
-    ) -> tuple[str, bool]:
-        """The companion's words, and whether they came from the model."""
+    async def _write(
+        self, event: UtteranceReceived, context: list[ContextExchange], gen: Generation
+    ) -> None:
+        """Run the model, handing settled text on as it comes (cancellable)."""
+        started = time.perf_counter()
         try:
-            raw = await complete(
-                self._llm,
-                SYSTEM_PROMPT,
-                build_messages(context, event.text),
-                max_tokens=self._settings.claude_max_tokens,
-                temperature=self._settings.claude_temperature,
-                enough=enough_sentences,
-            )
+            async with aclosing(
+                self._llm.stream(
+                    SYSTEM_PROMPT,
+                    build_messages(context, event.text),
+                    max_tokens=self._settings.claude_max_tokens,
+                    temperature=self._settings.claude_temperature,
+                )
+            ) as tokens:
+                async for token in tokens:
+                    if gen.first_token_ms is None:
+                        gen.first_token_ms = _ms(started)
+                    gen.wrote = gen.wrote or bool(token.strip())
+                    await gen.settle(gen.shaper.feed(token))
+                    # Every token costs time the learner waits for: stop at enough.
+                    if gen.cancelled or gen.shaper.done:
+                        break
         except LLMRateLimitedError:
             log.warning("model %s is rate limited; session %s", self._llm.name, event.session_id)
-            return RATE_LIMITED_REPLY, False
+            gen.apology = RATE_LIMITED_REPLY
         except LLMUnavailableError as exc:
             log.error("model %s unavailable: %s", self._llm.name, exc)
-            return UNAVAILABLE_REPLY, False
+            gen.apology = UNAVAILABLE_REPLY
         except Exception:
             log.exception("model %s failed unexpectedly", self._llm.name)
-            return UNEXPECTED_REPLY, False
-        return shape_reply(event.text, raw), True
+            gen.apology = UNEXPECTED_REPLY
+        finally:
+            gen.generate_ms = _ms(started)
+        if not gen.wrote and gen.apology is None:
+            log.error("model %s returned no text", self._llm.name)
+            gen.apology = UNAVAILABLE_REPLY
+
+    async def _generate(
+        self, event: UtteranceReceived, context: list[ContextExchange], sink: PieceSink | None
+    ) -> Generation:
+        gen = Generation(ReplyShaper(event.text), sink)
+        if self._cancels is None:
+            await self._write(event, context, gen)
+            return gen
+        with self._cancels.watching(event.event_id) as cancelled:
+            writing = asyncio.create_task(self._write(event, context, gen))
+            heard = asyncio.create_task(cancelled.wait())
+            try:
+                await asyncio.wait({writing, heard}, return_when=asyncio.FIRST_COMPLETED)
+                if not writing.done():
+                    # Stop the model now, even mid-token: what was sent stands.
+                    gen.cancelled = True
+                    writing.cancel()
+            finally:
+                for task in (writing, heard):
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heard
+        return gen
+
+    async def _finish(self, gen: Generation) -> tuple[str, bool]:
+        """Send the rest of the reply; return its text, and whether it came from
+        the model (an apology stays out of the model's context)."""
+        if gen.cancelled:
+            return gen.text, True
+        if gen.apology is not None and not gen.shaper.sent:
+            await gen.send(gen.apology)
+            return (gen.apology if gen.sink is None else gen.text), False
+        if gen.apology is not None:
+            log.warning("the model failed mid-reply: the reply ends with what it wrote")
+        await gen.settle(gen.shaper.finish())
+        await gen.send(gen.cutter.flush())
+        return gen.text, True
 
     async def answer(
-        self, event: UtteranceReceived
+        self, event: UtteranceReceived, sink: PieceSink | None = None
     ) -> tuple[ConversationReply | None, ExchangeCompleted]:
         """The reply to send (None: nobody waits for one) and the exchange to archive.
 
-        A redelivered utterance gets the answer it already got; one whose asker has
-        given up is archived unanswered, without asking the model.
+        With `sink`, the reply goes to the asker piece by piece as it is written;
+        the reply returned then holds exactly the pieces sent. A redelivered
+        utterance gets the answer it already got; one whose asker has given up is
+        archived unanswered, without asking the model.
         """
+        started = utcnow()
+        timings = event.timings.model_copy(
+            update={
+                "queued": round(
+                    (event.timings.queued or 0.0)
+                    + _ms_between(event.published_at or event.occurred_at, started),
+                    2,
+                )
+            }
+        )
         intent = detect_intent(event.text)
-        earlier, context = await self._store.recall(event.session_id, event.event_id)
+        recalled = await self._store.recall(event.session_id, event.event_id)
+        earlier = recalled.earlier
         if earlier is not None:
             log.info("utterance %s was answered before: sending that answer again", event.event_id)
-            return self._reply(event, intent, earlier.agent_text, earlier.at), self._exchange(
-                event, intent, earlier.agent_text
-            )
+            reply = self._reply(event, intent, earlier.agent_text, earlier.at, timings)
+            reply = reply.model_copy(update={"cancelled": earlier.cancelled})
+            exchange = self._exchange(event, intent, earlier.agent_text)
+            return reply, exchange.model_copy(update={"cancelled": earlier.cancelled})
         if event.past_deadline():
             log.info(
                 "utterance %s on session %s expired before it was answered: archived unanswered",
@@ -87,10 +221,17 @@ class Responder:
                 event.session_id,
             )
             return None, self._exchange(event, intent, "", expired=True)
-        agent_text, from_model = await self._generate(event, context)
+        if recalled.cancelled:
+            # Cancelled before it began: the learner's words are kept, unanswered.
+            agent_text, from_model, cancelled = "", True, True
+        else:
+            gen = await self._generate(event, recalled.context, sink)
+            agent_text, from_model = await self._finish(gen)
+            cancelled = gen.cancelled
+            timings = timings.model_copy(
+                update={"first_token": gen.first_token_ms, "generate": gen.generate_ms}
+            )
         now = utcnow()
-        # An apology would only confuse the model next turn: context keeps real
-        # exchanges. The archive keeps everything the learner said.
         recorded = await self._store.record(
             session_id=event.session_id,
             event_id=event.event_id,
@@ -98,19 +239,29 @@ class Responder:
             user=event.text,
             agent=agent_text,
             at=now,
-            in_context=from_model,
+            # An apology would only confuse the model next turn, and an empty turn
+            # is not one; the archive keeps everything the learner said.
+            in_context=from_model and bool(agent_text),
+            cancelled=cancelled,
         )
         if not recorded:
             # Another delivery of the same utterance answered first: say what it said.
             earlier = await self._store.answered(event.event_id)
             if earlier is not None:
-                agent_text, now = earlier.agent_text, earlier.at
-        return self._reply(event, intent, agent_text, now), self._exchange(
-            event, intent, agent_text
-        )
+                agent_text, now, cancelled = earlier.agent_text, earlier.at, earlier.cancelled
+        reply = self._reply(event, intent, agent_text, now, timings, cancelled=cancelled)
+        exchange = self._exchange(event, intent, agent_text, cancelled=cancelled)
+        return reply, exchange
 
     def _reply(
-        self, event: UtteranceReceived, intent: Intent, agent_text: str, at: datetime
+        self,
+        event: UtteranceReceived,
+        intent: Intent,
+        agent_text: str,
+        at: datetime,
+        timings: Timings,
+        *,
+        cancelled: bool = False,
     ) -> ConversationReply:
         return ConversationReply(
             in_reply_to=event.event_id,
@@ -119,10 +270,18 @@ class Responder:
             agent_text=agent_text,
             intent=intent,
             timestamp=at,
+            cancelled=cancelled,
+            timings=timings,
         )
 
     def _exchange(
-        self, event: UtteranceReceived, intent: Intent, agent_text: str, *, expired: bool = False
+        self,
+        event: UtteranceReceived,
+        intent: Intent,
+        agent_text: str,
+        *,
+        expired: bool = False,
+        cancelled: bool = False,
     ) -> ExchangeCompleted:
         return ExchangeCompleted(
             event_id=event.event_id,
@@ -135,6 +294,7 @@ class Responder:
             input=event.input,
             responder=self._settings.instance_id,
             expired=expired,
+            cancelled=cancelled,
         )
 
     async def end(self, event: SessionEndRequested) -> SummaryReply:

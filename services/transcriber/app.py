@@ -42,6 +42,10 @@ def build(settings: TranscriberSettings) -> tuple[RedisBroker, AsgiFastStream]:
     async def on_audio(event: AudioReceived) -> None:
         outcome = await rt.transcriber.hear(event)
         if isinstance(outcome, UtteranceReceived):
+            # The learner sees what was heard while the companion thinks.
+            transcript = rt.transcriber.transcript(event, outcome)
+            if transcript is not None:
+                await rt.replies.send(transcript, event.reply_to)
             await broker.publish(outcome, stream=UTTERANCE_RECEIVED, maxlen=settings.stream_maxlen)
         elif outcome is not None:
             await rt.replies.send(outcome, event.reply_to)

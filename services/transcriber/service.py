@@ -3,6 +3,7 @@ either the learner's words (an utterance for the responder) or a reply to the as
 
 import asyncio
 import logging
+import time
 
 from redis.asyncio import Redis
 
@@ -16,6 +17,8 @@ from shared.events import (
     ErrorCode,
     ErrorReply,
     Reply,
+    Timings,
+    TranscriptReply,
     UtteranceReceived,
     utcnow,
 )
@@ -53,6 +56,8 @@ class Transcriber:
                 event.session_id,
             )
             return None
+        started = utcnow()
+        began = time.perf_counter()
         data = await self._redis.get(event.audio_key)
         if not isinstance(data, bytes):
             return self._error(event, "invalid_audio", EXPIRED)
@@ -75,6 +80,10 @@ class Transcriber:
         except STTUnavailableError as exc:
             log.error("speech-to-text %s unavailable: %s", self._stt.name, exc)
             return self._error(event, "transcription_failed", UNAVAILABLE)
+        timings = Timings(
+            queued=round(max(0.0, (started - event.occurred_at).total_seconds() * 1000), 2),
+            transcribe=round((time.perf_counter() - began) * 1000, 2),
+        )
         text = clean_transcript(raw)
         log.debug("%.1f s %s clip heard as %r (raw %r)", clip.duration_s, clip.format, text, raw)
         if not text:
@@ -85,6 +94,7 @@ class Transcriber:
                 agent_text=NO_SPEECH_REPLY,
                 intent="statement",
                 timestamp=utcnow(),
+                timings=timings,
             )
         # Same event id: the utterance is the clip's words, one id (and one trace)
         # from the gateway to the archive, and the asker's reply answers that id.
@@ -97,6 +107,18 @@ class Transcriber:
             deadline=event.deadline,
             text=text,
             input="audio",
+            stream=event.stream,
+            timings=timings,
+            published_at=utcnow(),
+        )
+
+    @staticmethod
+    def transcript(event: AudioReceived, heard: UtteranceReceived) -> TranscriptReply | None:
+        """What was heard, for an asker that shows it before the reply comes."""
+        if not event.stream:
+            return None
+        return TranscriptReply(
+            in_reply_to=event.event_id, session_id=event.session_id, text=heard.text
         )
 
     async def forget(self, event: AudioReceived) -> None:

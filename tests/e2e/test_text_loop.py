@@ -34,7 +34,12 @@ async def test_rest_conversation_is_answered_archived_and_found(api: httpx.Async
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"session_id", "user_text", "agent_text", "intent", "timestamp"}
+    # v1's fields, and only `timings` beside them.
+    assert set(body) == {"session_id", "user_text", "agent_text", "intent", "timestamp", "timings"}
+    timings = body["timings"]
+    assert timings["transcribe"] is None
+    assert 0 <= timings["first_token"] <= timings["generate"] <= timings["total"]
+    assert 0 <= timings["queued"] <= timings["total"]
     assert body["session_id"] == "rest-1"
     assert body["user_text"] == "I'm learning about photosynthesis in plants"
     assert len(body["agent_text"].split()) >= 2

@@ -82,12 +82,17 @@ async def test_a_clip_without_speech_gets_i_did_not_catch_that(
 ) -> None:
     async with websockets.connect(ws_url(stack, "voice-silent")) as ws:
         reply = await ask(ws, {"type": "audio", "audio": b64(clip["name"])})
+    timings = reply.pop("timings")
     assert reply == {
         "type": "response",
         "user_text": "",
         "agent_text": NO_SPEECH_REPLY,
         "intent": "statement",
+        "cancelled": False,
     }
+    # The model was not asked: the transcriber answered.
+    assert timings["first_token"] is None and timings["generate"] is None
+    assert 0 < timings["transcribe"] <= timings["total"]
 
 
 async def test_every_bad_clip_gets_its_error_and_the_next_good_clip_works(

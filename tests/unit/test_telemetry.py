@@ -1,6 +1,8 @@
 """Trace context travels in message headers only where a collector is configured."""
 
 from faststream.redis.opentelemetry import RedisTelemetryMiddleware
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from shared.settings import CommonSettings
 from shared.telemetry import broker_middlewares
@@ -18,3 +20,8 @@ def test_a_collector_turns_on_the_telemetry_middleware() -> None:
     )
     (middleware,) = broker_middlewares(settings, "gateway")
     assert isinstance(middleware, RedisTelemetryMiddleware)
+    # The provider is now this process's: stop its exporter, or every later test
+    # that makes a span would try to send it to a collector that is not there.
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.shutdown()
