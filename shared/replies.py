@@ -127,7 +127,7 @@ class ReplyTimeoutError(Exception):
     """No reply arrived before the deadline."""
 
 
-def _coalesce(
+def coalesce_pieces(
     first: DeltaReply, queue: "asyncio.Queue[AnyReply]"
 ) -> tuple[DeltaReply, AnyReply | None]:
     """`first` joined with the pieces already waiting behind it, and the first
@@ -243,7 +243,7 @@ class ReplyRouter:
                 except TimeoutError as exc:
                     raise ReplyTimeoutError(request_id) from exc
                 if isinstance(reply, DeltaReply):
-                    reply, after = _coalesce(reply, queue)
+                    reply, after = coalesce_pieces(reply, queue)
                     yield reply
                     if after is None:
                         continue

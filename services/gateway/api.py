@@ -130,9 +130,15 @@ async def conversation(
 
 @router.post(
     "/api/conversation/stream",
-    response_class=EventSourceResponse,
+    # Returned as a response of its own (FastAPI would iterate a generator
+    # endpoint only after the input is checked, too late for a plain 400).
     openapi_extra=_CONVERSATION_BODY,
-    responses={200: {"description": "`transcript`, `delta`, then `response` (or `error`)"}},
+    responses={
+        200: {
+            "description": "`transcript`, `delta`, then `response` (or `error`) events",
+            "content": {"text/event-stream": {}},
+        }
+    },
 )
 async def conversation_stream(
     request: Request, backend: BackendDep, budget: AudioBudgetDep, settings: SettingsDep

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,38 @@ async def test_unloadable_model_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="cannot load the GGUF model"):
         await provider.start()
     await provider.aclose()
+
+
+async def test_closing_the_stream_stops_the_model_thread_within_a_few_tokens(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    produced: list[str] = []
+    generate: Any = provider._generate
+
+    def counting(*args: Any) -> None:
+        *rest, emit = args
+
+        def count(token: str | None) -> None:
+            if token is not None:
+                produced.append(token)
+            emit(token)
+
+        generate(*rest, count)
+
+    monkeypatch.setattr(provider, "_generate", counting)
+    read: list[str] = []
+    async with aclosing(
+        provider.stream(
+            SYSTEM,
+            question("Tell a very long story about dragons."),
+            max_tokens=400,
+            temperature=0.7,
+        )
+    ) as tokens:
+        async for token in tokens:
+            read.append(token)
+            if len(read) == 3:
+                break
+    # The stream returns only once the thread has stopped: what it wrote is final.
+    assert len(read) == 3
+    assert len(produced) <= len(read) + 8, f"the thread went on for {len(produced)} tokens"

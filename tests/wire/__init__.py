@@ -125,6 +125,12 @@ class WireServer:
         self.stream_stall: float = 0.0
         # If true, a stream's connection is cut after its first piece, mid-body.
         self.stream_drop: bool = False
+        # Seconds between a stream's pieces (a model writing one token at a time).
+        self.piece_delay: float = 0.0
+        # Streams by outcome: pieces sent so far in each, and the ones whose
+        # client closed the connection before the last piece.
+        self.stream_pieces_sent: list[int] = []
+        self.streams_cut_short = 0
         # If set, only this key is accepted; otherwise any non-empty key is.
         self.api_key: str | None = None
         with self._lock:
@@ -194,6 +200,21 @@ class WireServer:
 
     def auth_error_response(self, key_present: bool) -> Response:
         raise NotImplementedError
+
+    def stream_started(self) -> int:
+        """Count a new stream; returns its index in `stream_pieces_sent`."""
+        with self._lock:
+            self.stream_pieces_sent.append(0)
+            return len(self.stream_pieces_sent) - 1
+
+    def piece_sent(self, stream: int) -> None:
+        with self._lock:
+            self.stream_pieces_sent[stream] += 1
+
+    def stream_left(self, finished: bool) -> None:
+        if not finished:
+            with self._lock:
+                self.streams_cut_short += 1
 
     async def after_first_piece(self) -> None:
         """Where a stream's scripted trouble happens: a stall, then maybe a cut connection."""

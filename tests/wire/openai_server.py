@@ -3,6 +3,7 @@ included, and its speech-to-text API (`POST /v1/audio/transcriptions`, multipart
 vLLM and llama.cpp server answer chat the same way; faster-whisper-server (speaches) and
 LocalAI answer transcriptions the same way."""
 
+import asyncio
 import json
 import time
 import uuid
@@ -171,14 +172,24 @@ class OpenAIWireServer(WireServer):
             return sse_data(data)
 
         yield chunk({"role": "assistant", "content": ""}, None, with_usage=usage is not None)
-        for n, piece in enumerate(stream_pieces(text)):
-            yield chunk({"content": piece}, None, with_usage=usage is not None)
-            if n == 0:
-                await self.after_first_piece()
-                if stream_error is not None:
-                    message = f"scripted {stream_error}"
-                    yield sse_data(error_body(message, stream_error, None))
-                    return
+        counted = self.stream_started()
+        finished = False
+        try:
+            for n, piece in enumerate(stream_pieces(text)):
+                if n and self.piece_delay > 0:
+                    await asyncio.sleep(self.piece_delay)
+                yield chunk({"content": piece}, None, with_usage=usage is not None)
+                self.piece_sent(counted)
+                if n == 0:
+                    await self.after_first_piece()
+                    if stream_error is not None:
+                        message = f"scripted {stream_error}"
+                        yield sse_data(error_body(message, stream_error, None))
+                        finished = True
+                        return
+            finished = True
+        finally:
+            self.stream_left(finished)
         yield chunk({}, finish_reason, with_usage=usage is not None)
         if usage is not None:
             yield sse_data(
