@@ -1,8 +1,10 @@
-"""`python -m bench [--only system|ws|search] [--quick]`: every benchmark in one go.
+"""`python -m bench [--only system|ws|stream|voice|search] [--quick]`: every benchmark.
 
 - system: added latency of the service split, and sustained throughput
   (bench.system_bench, sections 1 and 2);
 - ws: 1,000 concurrent WebSocket sessions on one gateway (section 3);
+- stream: streaming clients against v1 clients, and the OpenAI-compatible
+  provider against a fast local server (bench.stream_bench, sections 4 and 5);
 - voice: transcription of a 5 s clip and the whole voice exchange with the
   embedded models (bench.voice_bench);
 - search: archive ingest and search on synthetic captures (bench.search_bench).
@@ -21,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from bench import search_bench, system_bench, voice_bench
+from bench import search_bench, stream_bench, system_bench, voice_bench
 from bench.report import RESULTS_DIR, Section, emit, write_results
 
 log = logging.getLogger("bench")
@@ -31,7 +33,9 @@ QUICK_SEARCH_ROWS = 20_000
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", choices=("system", "ws", "voice", "search"), default=None)
+    parser.add_argument(
+        "--only", choices=("system", "ws", "stream", "voice", "search"), default=None
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
         "--rows", type=int, default=None, help="search benchmark size (default 1,000,000)"
@@ -81,7 +85,7 @@ def sizes_for(args: argparse.Namespace) -> system_bench.Sizes:
 
 def run(args: argparse.Namespace, command: str) -> list[Section]:
     sizes = sizes_for(args)
-    groups = [args.only] if args.only else ["system", "ws", "voice", "search"]
+    groups = [args.only] if args.only else ["system", "ws", "stream", "voice", "search"]
     sections: list[Section] = []
     for group in groups:
         log.info("running %s benchmarks", group)
@@ -93,6 +97,8 @@ def run(args: argparse.Namespace, command: str) -> list[Section]:
             measured = voice_bench.run_voice(args.quick)
         elif group == "system":
             measured = system_bench.run_system(sizes)
+        elif group == "stream":
+            measured = stream_bench.run_stream(sizes)
         else:
             measured = system_bench.run_ws(sizes)
         for section in measured:

@@ -147,11 +147,11 @@ def redis_pid(url: str) -> int | None:
 
 
 @contextlib.contextmanager
-def open_stack(workdir: Path) -> Iterator[Stack]:
+def open_stack(workdir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """redis-server plus one replica of each service; all stopped on the way out."""
     db_path = workdir / "archive.db"
     with local_redis() as server:
-        env = service_env(server.url, db_path)
+        env = {**service_env(server.url, db_path), **(extra_env or {})}
         with running(SERVICES, env, workdir) as services:
             yield Stack(server.url, db_path, services, redis_pid(server.url))
 

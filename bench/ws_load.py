@@ -49,6 +49,8 @@ class ClosedLoopPlan:
     opening: Opening = Opening()
     # Above the gateway's REPLY_TIMEOUT (30 s): its own `timeout` error comes first.
     reply_timeout_s: float = 40.0
+    # Sessions ask for streamed replies (`?stream=1`): pieces, then the response.
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class PacedPlan:
     prefix: str = "paced"
     opening: Opening = Opening()
     reply_timeout_s: float = 40.0
+    stream: bool = False
 
 
 Plan = ClosedLoopPlan | PacedPlan
@@ -79,6 +82,8 @@ class LoadResult:
     no_reply: int = 0  # nothing at all within reply_timeout_s
     failed_sessions: int = 0  # connected, then got an error reply, a timeout, or closed
     error_samples: list[str] = field(default_factory=list)
+    # Streamed replies: `delta` messages received in all.
+    pieces: int = 0
     connected_at: float = 0.0  # every session connected
     window_start: float = 0.0
     window_end: float = 0.0
@@ -133,9 +138,12 @@ class Session:
         # A pong or any other message is not the answer: keep reading.
         while True:
             message = json.loads(await self.ws.recv())
-            if message.get("type") == "response":
+            kind = message.get("type")
+            if kind == "delta":
+                self.result.pieces += 1
+            elif kind == "response":
                 return None
-            if message.get("type") == "error":
+            elif kind == "error":
                 return dict(message)
 
     def _count_error(self, error: dict[str, Any]) -> None:
@@ -149,10 +157,11 @@ class Session:
 async def open_sessions(plan: Plan, result: LoadResult) -> list[Session]:
     sessions: list[Session] = []
     batch = plan.opening.batch
+    query = "?stream=1" if plan.stream else ""
     for first in range(0, plan.sessions, batch):
         ids = [f"{plan.prefix}-{n}" for n in range(first, min(first + batch, plan.sessions))]
         opened = await asyncio.gather(
-            *(connect(f"{plan.base_url}/ws/{sid}", open_timeout=30) for sid in ids),
+            *(connect(f"{plan.base_url}/ws/{sid}{query}", open_timeout=30) for sid in ids),
             return_exceptions=True,
         )
         for sid, ws in zip(ids, opened, strict=True):

@@ -132,6 +132,10 @@ class ConversationReply(Reply):
     # Cut short by a cancel: `agent_text` is what had been sent.
     cancelled: bool = False
     timings: Timings = Field(default_factory=Timings)
+    # For a streaming asker: the reply's last piece, sent with the reply rather
+    # than on its own (one write fewer); the asker's instance passes it on as a
+    # piece before the reply.
+    last_piece: str | None = None
 
 
 class TranscriptReply(Reply):

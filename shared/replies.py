@@ -31,7 +31,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.events import PARTIAL_REPLIES, AnyReply, DeltaReply, Reply
+from shared.events import PARTIAL_REPLIES, AnyReply, ConversationReply, DeltaReply, Reply
 from shared.settings import CommonSettings
 from shared.streams import REPLY_STREAMS, Keys, reply_stream
 
@@ -244,10 +244,21 @@ class ReplyRouter:
                     raise ReplyTimeoutError(request_id) from exc
                 if isinstance(reply, DeltaReply):
                     reply, after = coalesce_pieces(reply, queue)
+                    if isinstance(after, ConversationReply) and after.last_piece:
+                        # The last piece came with the reply: one piece, then the reply.
+                        reply = reply.model_copy(update={"text": reply.text + after.last_piece})
+                        after = after.model_copy(update={"last_piece": None})
                     yield reply
                     if after is None:
                         continue
                     reply = after
+                elif isinstance(reply, ConversationReply) and reply.last_piece:
+                    yield DeltaReply(
+                        in_reply_to=reply.in_reply_to,
+                        session_id=reply.session_id,
+                        text=reply.last_piece,
+                    )
+                    reply = reply.model_copy(update={"last_piece": None})
                 yield reply
                 if not isinstance(reply, PARTIAL_REPLIES):
                     return

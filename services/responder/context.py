@@ -78,7 +78,9 @@ return 1
 class Recalled:
     # The answer this utterance already got (it is being delivered again).
     earlier: StoredAnswer | None
+    # The last few exchanges of the session, and how many it has had in all.
     context: list[ContextExchange]
+    exchanges: int
     # Its asker cancelled the reply before it was begun.
     cancelled: bool
 
@@ -156,12 +158,18 @@ class ContextStore:
 
     async def recall(self, session_id: str, event_id: str) -> "Recalled":
         """What answering an utterance needs, in one round trip."""
-        marker, raw, cancel = await self._redis.mget(
-            Keys.exchange_done(event_id), Keys.context(session_id), Keys.cancel(event_id)
+        marker, raw, meta, cancel = await self._redis.mget(
+            Keys.exchange_done(event_id),
+            Keys.context(session_id),
+            Keys.metadata(session_id),
+            Keys.cancel(event_id),
         )
+        context = [ContextExchange.model_validate(x) for x in json.loads(raw or "[]")]
+        metadata = SessionMetadata.model_validate_json(meta) if meta else None
         return Recalled(
             earlier=_stored_answer(marker),
-            context=[ContextExchange.model_validate(x) for x in json.loads(raw or "[]")],
+            context=context,
+            exchanges=metadata.exchange_count if metadata else len(context),
             cancelled=cancel is not None,
         )
 

@@ -25,6 +25,7 @@ from services.responder.prompts import (
     UNAVAILABLE_REPLY,
     UNEXPECTED_REPLY,
     build_messages,
+    stable_window,
 )
 from services.responder.providers.base import (
     LLMProvider,
@@ -89,11 +90,6 @@ class Generation:
     async def settle(self, text: str) -> None:
         if text and self.sink is not None:
             await self.send(self.cutter.add(text))
-
-    @property
-    def text(self) -> str:
-        """The reply as the learner has it."""
-        return self.delivered if self.sink is not None else self.shaper.sent
 
 
 class Responder:
@@ -171,19 +167,22 @@ class Responder:
                     await heard
         return gen
 
-    async def _finish(self, gen: Generation) -> tuple[str, bool]:
-        """Send the rest of the reply; return its text, and whether it came from
-        the model (an apology stays out of the model's context)."""
+    async def _finish(self, gen: Generation) -> tuple[str, bool, str | None]:
+        """The reply's text, whether it came from the model (an apology stays out
+        of the model's context), and for a streaming asker the last piece, which
+        goes out with the reply."""
+        streaming = gen.sink is not None
         if gen.cancelled:
-            return gen.text, True
+            return (gen.delivered if streaming else ""), True, None
         if gen.apology is not None and not gen.shaper.sent:
-            await gen.send(gen.apology)
-            return (gen.apology if gen.sink is None else gen.text), False
+            return gen.apology, False, (gen.apology if streaming else None)
         if gen.apology is not None:
             log.warning("the model failed mid-reply: the reply ends with what it wrote")
-        await gen.settle(gen.shaper.finish())
-        await gen.send(gen.cutter.flush())
-        return gen.text, True
+        tail = gen.shaper.finish()
+        if not streaming:
+            return gen.shaper.sent, True, None
+        last = gen.cutter.rest(tail)
+        return gen.delivered + (last or ""), True, last
 
     async def answer(
         self, event: UtteranceReceived, sink: PieceSink | None = None
@@ -221,12 +220,16 @@ class Responder:
                 event.session_id,
             )
             return None, self._exchange(event, intent, "", expired=True)
+        last_piece = None
         if recalled.cancelled:
             # Cancelled before it began: the learner's words are kept, unanswered.
             agent_text, from_model, cancelled = "", True, True
         else:
-            gen = await self._generate(event, recalled.context, sink)
-            agent_text, from_model = await self._finish(gen)
+            window = stable_window(
+                recalled.context, recalled.exchanges, self._settings.context_stable_block
+            )
+            gen = await self._generate(event, window, sink)
+            agent_text, from_model, last_piece = await self._finish(gen)
             cancelled = gen.cancelled
             timings = timings.model_copy(
                 update={"first_token": gen.first_token_ms, "generate": gen.generate_ms}
@@ -250,6 +253,8 @@ class Responder:
             if earlier is not None:
                 agent_text, now, cancelled = earlier.agent_text, earlier.at, earlier.cancelled
         reply = self._reply(event, intent, agent_text, now, timings, cancelled=cancelled)
+        if last_piece is not None and agent_text.endswith(last_piece):
+            reply = reply.model_copy(update={"last_piece": last_piece})
         exchange = self._exchange(event, intent, agent_text, cancelled=cancelled)
         return reply, exchange
 

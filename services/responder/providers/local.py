@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import importlib.metadata
+import os
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from pathlib import Path
@@ -69,6 +70,7 @@ class LocalProvider(CompleteMixin):
         self.model = self._path.name
         self._n_ctx = settings.local_llm_context
         self._n_threads = settings.local_llm_threads or default_threads()
+        self._n_threads_batch = settings.local_llm_batch_threads or os.cpu_count() or 1
         self._thread: ModelThread[llama_cpp.Llama] = ModelThread("local-llm")
 
     async def start(self) -> None:
@@ -80,6 +82,7 @@ class LocalProvider(CompleteMixin):
                 model_path=str(self._path),
                 n_ctx=self._n_ctx,
                 n_threads=self._n_threads,
+                n_threads_batch=self._n_threads_batch,
                 verbose=False,
             )
             # The first generation pays for buffer allocation and page faults;

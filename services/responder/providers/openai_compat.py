@@ -62,28 +62,49 @@ class OpenAICompatProvider(CompleteMixin):
         # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
         chat = cast(list[ChatCompletionMessageParam], chat_messages(system, messages))
         try:
+            # The SDK makes the request (retries, timeouts, error statuses as typed
+            # errors), but the event stream is read raw: building a typed chunk
+            # object per token was most of the responder's CPU per reply.
             # `max_tokens`, not `max_completion_tokens`: the self-hosted servers this
             # provider exists for understand only the older name.
-            stream = await client.chat.completions.create(
+            async with client.chat.completions.with_streaming_response.create(
                 model=self.model,
                 messages=chat,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stream=True,
-            )
-            # Closing the caller's iteration leaves this block: the connection
-            # closes and the server stops generating.
-            async with stream:
-                async for chunk in stream:
-                    # Some servers send chunks without choices (usage, keep-alives).
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        yield chunk.choices[0].delta.content
+            ) as response:
+                # Leaving this block (the caller closed the stream) closes the
+                # connection: the server stops generating.
+                async for line in response.iter_lines():
+                    text = self._content(line)
+                    if text:
+                        yield text
         except openai.OpenAIError as err:
             raise _map_error(err) from err
         except httpx2.HTTPError as err:
             raise LLMUnavailableError(f"{self._base_url} stream broke off: {err!r}") from err
-        except json.JSONDecodeError as err:
-            raise LLMUnavailableError(f"{self._base_url} sent a malformed chunk: {err}") from err
+        except (json.JSONDecodeError, TypeError, KeyError, IndexError) as err:
+            raise LLMUnavailableError(f"{self._base_url} sent a malformed chunk: {err!r}") from err
+
+    def _content(self, line: str) -> str | None:
+        """The text one server-sent event line carries, if any."""
+        if not line.startswith("data:"):
+            # Blank separators, `event:` names and `:` keep-alive comments.
+            return None
+        data = line[5:].strip()
+        if not data or data == "[DONE]":
+            return None
+        chunk = json.loads(data)
+        if chunk.get("error"):
+            # A failure after the headers: OpenAI-compatible servers send it in-band.
+            raise _stream_error(self._base_url, chunk["error"])
+        # Some servers send chunks without choices (usage, keep-alives).
+        choices = chunk.get("choices") or ()
+        if not choices:
+            return None
+        content = (choices[0].get("delta") or {}).get("content")
+        return content if isinstance(content, str) else None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -106,3 +127,12 @@ def _map_error(err: openai.OpenAIError) -> LLMError:
     if isinstance(err, openai.APIConnectionError):
         return LLMUnavailableError(f"cannot reach endpoint: {err}")
     return LLMUnavailableError(f"endpoint request failed: {err}")
+
+
+def _stream_error(base_url: str, error: object) -> LLMError:
+    detail = error if isinstance(error, dict) else {"message": str(error)}
+    kind = f"{detail.get('type', '')} {detail.get('code', '')}".lower()
+    message = detail.get("message") or "error in the middle of the stream"
+    if "rate_limit" in kind or "requests" in kind:
+        return LLMRateLimitedError(f"{base_url} asked to back off mid-stream: {message}")
+    return LLMUnavailableError(f"{base_url} failed mid-stream: {message}")
