@@ -38,12 +38,16 @@ async def is_cancelled(redis: Redis, event_id: str) -> bool:
 class CancelWatch:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._watched: dict[str, asyncio.Event] = {}
+        self._watched: dict[str, asyncio.Future[None]] = {}
 
     @contextlib.contextmanager
-    def watching(self, event_id: str) -> Iterator[asyncio.Event]:
-        """An event set when a cancel for `event_id` arrives while in this block."""
-        cancelled = self._watched.setdefault(event_id, asyncio.Event())
+    def watching(self, event_id: str) -> Iterator["asyncio.Future[None]"]:
+        """A future done when a cancel for `event_id` arrives while in this block
+        (a future rather than an event: a callback on it costs no task)."""
+        cancelled = self._watched.get(event_id)
+        if cancelled is None:
+            cancelled = asyncio.get_running_loop().create_future()
+            self._watched[event_id] = cancelled
         try:
             yield cancelled
         finally:
@@ -51,8 +55,8 @@ class CancelWatch:
 
     def _heard(self, event_id: str) -> None:
         cancelled = self._watched.get(event_id)
-        if cancelled is not None:
-            cancelled.set()
+        if cancelled is not None and not cancelled.done():
+            cancelled.set_result(None)
 
     async def run(self) -> None:
         """Listen for cancels until stopped; reconnect after Redis errors."""

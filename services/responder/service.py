@@ -77,12 +77,20 @@ class Generation:
     apology: str | None = None
     first_token_ms: float | None = None
     generate_ms: float | None = None
+    # A piece is on its way: a cancel must let it arrive (or be refused) first,
+    # or nobody would know whether the learner got it.
+    sending: bool = False
 
     async def send(self, text: str | None) -> None:
         """Hand `text` to the asker (if it streams); notice a cancel."""
         if not text or self.sink is None or self.cancelled:
             return
-        if await self.sink(text):
+        self.sending = True
+        try:
+            delivered = await self.sink(text)
+        finally:
+            self.sending = False
+        if delivered:
             self.delivered += text
         else:
             self.cancelled = True
@@ -123,7 +131,11 @@ class Responder:
                     if gen.first_token_ms is None:
                         gen.first_token_ms = _ms(started)
                     gen.wrote = gen.wrote or bool(token.strip())
-                    await gen.settle(gen.shaper.feed(token))
+                    if gen.sink is None:
+                        # Nobody reads it before the end: only watch for enough.
+                        gen.shaper.take(token)
+                    else:
+                        await gen.settle(gen.shaper.feed(token))
                     # Every token costs time the learner waits for: stop at enough.
                     if gen.cancelled or gen.shaper.done:
                         break
@@ -151,20 +163,30 @@ class Responder:
             return gen
         with self._cancels.watching(event.event_id) as cancelled:
             writing = asyncio.create_task(self._write(event, context, gen))
-            heard = asyncio.create_task(cancelled.wait())
-            try:
-                await asyncio.wait({writing, heard}, return_when=asyncio.FIRST_COMPLETED)
-                if not writing.done():
-                    # Stop the model now, even mid-token: what was sent stands.
-                    gen.cancelled = True
+
+            def stop(_: "asyncio.Future[None]") -> None:
+                gen.cancelled = True
+                # Stop the model now, even mid-token: what was sent stands. A piece
+                # on its way is let through (the cancel key decides whether it is
+                # sent), and the writer stops right after it.
+                if not gen.sending:
                     writing.cancel()
+
+            cancelled.add_done_callback(stop)
+            try:
+                await writing
+            except asyncio.CancelledError:
+                # The writer was stopped by the cancel, or this handler itself is
+                # being cancelled (shutdown): only the second goes on up.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
             finally:
-                for task in (writing, heard):
-                    task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writing
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heard
+                cancelled.remove_done_callback(stop)
+                if not writing.done():
+                    writing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await writing
         return gen
 
     async def _finish(self, gen: Generation) -> tuple[str, bool, str | None]:

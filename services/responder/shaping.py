@@ -105,16 +105,33 @@ class ReplyShaper:
         self._user_text = user_text
         self._raw = ""
         self.sent = ""
+        # Cheap signs that the reply may be over, so `done` is worked out only then.
+        self._ends = 0
+        self._may_turn = False
+        self._done = False
 
     @property
     def done(self) -> bool:
         """Nothing the model writes from here on can be kept: stop generating."""
-        text = _strip_roles(self._raw.lstrip())
-        return _NEXT_TURN.search(text) is not None or enough_sentences(" ".join(text.split()))
+        return self._done
 
     def feed(self, piece: str) -> str:
-        self._raw += piece
+        """Take the model's next piece; return the text that may be sent now."""
+        self.take(piece)
         return self._advance(self._settled())
+
+    def take(self, piece: str) -> None:
+        """Take the model's next piece without releasing text (an asker that waits
+        for the whole reply): only `done` is kept up to date."""
+        self._raw += piece
+        self._ends += sum(piece.count(mark) for mark in ".!?")
+        self._may_turn = self._may_turn or ("\n" in self._raw and ":" in piece)
+        # A fourth sentence needs three ends before it; a learner's turn, a colon.
+        if not self._done and (self._ends >= MAX_SENTENCES or self._may_turn):
+            text = _strip_roles(self._raw.lstrip())
+            self._done = _NEXT_TURN.search(text) is not None or enough_sentences(
+                " ".join(text.split())
+            )
 
     def finish(self) -> str:
         """The end of the reply; with what was sent, exactly `shape_reply(...)`."""
