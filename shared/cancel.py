@@ -31,10 +31,6 @@ async def request_cancel(redis: Redis, event_id: str) -> None:
         await pipe.execute()
 
 
-async def is_cancelled(redis: Redis, event_id: str) -> bool:
-    return bool(await redis.exists(Keys.cancel(event_id)))
-
-
 class CancelWatch:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis

@@ -214,16 +214,6 @@ class Backend:
                     return reply
         raise BackendError("the reply ended without an answer", status=500, code="internal")
 
-    async def say(self, session_id: str, source: Source, text: str) -> ConversationReply:
-        return await self.reply_to(self.text_event(session_id, source, text))
-
-    async def hear(
-        self, session_id: str, source: Source, audio: bytes, *, held: Reservation | None = None
-    ) -> ConversationReply:
-        event = await self.audio_event(session_id, source, audio, held=held)
-        del audio
-        return await self.reply_to(event)
-
     async def cancel(self, event_id: str) -> None:
         """Stop the reply to `event_id` (a learner's cancel): see `shared.cancel`."""
         try:
