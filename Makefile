@@ -12,7 +12,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
 
-.PHONY: install install-dev run test lint bench clean
+.PHONY: install install-dev run test lint bench vendor clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# Debian's Chromium for the PWA's browser tests (Playwright drives it; no download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	@chromium --version
+
 run: install
 	$(PY) scripts/run.py
 
@@ -44,6 +51,10 @@ test: lint
 
 bench: install-dev
 	$(PY) -m bench
+
+# Vue's runtime-only build into frontend/vendor/ (VUE_VERSION=3.x.y for another).
+vendor:
+	bash scripts/vendor_vue.sh $(VUE_VERSION)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -63,10 +63,6 @@ async def health(redis: RedisDep, backend: BackendDep, request: Request) -> JSON
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
 
 
-# Until the PWA is served at "/", the root answers the health check as in v1.
-router.add_api_route("/", health, methods=["GET"], include_in_schema=False)
-
-
 # The body is read by hand (see `read_utterance`); the schema still documents it.
 _CONVERSATION_BODY = {
     "requestBody": {

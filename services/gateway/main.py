@@ -6,11 +6,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from services.gateway import api, errors, ws
+from services.gateway import api, errors, frontend, ws
 from services.gateway.backend import Backend
+from services.gateway.frontend import Frontend
 from services.gateway.intake import AudioBudget
 from services.gateway.limits import BodySizeLimit
 from services.gateway.memory import ConnectionGauge
+from services.gateway.security import SecurityHeaders
 from services.gateway.settings import GatewaySettings
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
@@ -41,14 +43,23 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await app.state.connections.aclose()
 
     app = FastAPI(title="Learning Voice Agent gateway", version=api.VERSION, lifespan=lifespan)
+    # The page reads the limits it should hold the learner to from these.
+    limits = {
+        "__MAX_TEXT_CHARS__": str(settings.max_text_chars),
+        "__MAX_AUDIO_SECONDS__": f"{settings.max_audio_duration:g}",
+    }
+    app.state.frontend = Frontend.load(settings.frontend_dir, limits)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     app.add_middleware(
         CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"]
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: refusals (413) and CORS preflights carry the headers too.
+    app.add_middleware(SecurityHeaders)
     errors.install(app)
     app.include_router(api.router)
     app.include_router(ws.router)
+    app.include_router(frontend.router)
     return app
 
 

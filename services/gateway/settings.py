@@ -1,5 +1,7 @@
 """Gateway settings: where it listens, how long it waits, and the limits of input."""
 
+from pathlib import Path
+
 from shared.settings import CommonSettings
 
 
@@ -15,6 +17,9 @@ class GatewaySettings(CommonSettings):
     max_text_chars: int = 4000
     # A clip (v1: 25 MB); its base64 in a request may be a third larger.
     max_audio_bytes: int = 25 * 1024 * 1024
+    # The transcriber's limit (same variable, MAX_AUDIO_DURATION), read here only so
+    # the PWA stops recording before a clip would be refused.
+    max_audio_duration: float = 60.0
     max_search_query_chars: int = 2000
     max_search_limit: int = 100
     max_history_limit: int = 200
@@ -22,6 +27,10 @@ class GatewaySettings(CommonSettings):
     stats_max_session_ids: int = 100
     # Messages one WebSocket may have waiting for replies; more are refused.
     ws_max_pending: int = 8
+    # Seconds the answer to a WebSocket message with an `id` is kept, so a client
+    # resending it after a dropped connection gets that answer again instead of a
+    # second one. It should outlast how long a client keeps unanswered messages.
+    ws_replay_ttl: int = 3600
 
     # Seconds a clip's bytes wait in Redis for the transcriber (claim check).
     audio_ttl: int = 300
@@ -32,6 +41,10 @@ class GatewaySettings(CommonSettings):
 
     # Comma-separated origins allowed by CORS ("*": any).
     cors_origins: str = "*"
+
+    # The PWA served at "/". Found from this file rather than the working directory,
+    # so `python -m services.gateway` serves it from wherever it is started.
+    frontend_dir: Path = Path(__file__).resolve().parents[2] / "frontend"
 
     @property
     def max_body_bytes(self) -> int:

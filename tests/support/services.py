@@ -60,9 +60,11 @@ def start_service(
     *,
     timeout: float = 120.0,
     label: str | None = None,
+    port: int | None = None,
 ) -> ServiceProcess:
-    """Start `python -m services.<name>` and return once its /health answers."""
-    port = free_port()
+    """Start `python -m services.<name>` and return once its /health answers
+    (on `port`, to come back where a client knew it, or on a free one)."""
+    port = port or free_port()
     full_env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
