@@ -66,3 +66,9 @@ class Keys:
     def audio(event_id: str) -> str:
         """Claim-check key holding the bytes of one uploaded clip."""
         return f"audio:{event_id}"
+
+    @staticmethod
+    def ws_answer(session_id: str, answer_id: str) -> str:
+        """The answer to the WebSocket message with the client's `answer_id` in this
+        session, kept so a resend after a dropped connection is not answered twice."""
+        return f"ws:{session_id}:answer:{answer_id}"

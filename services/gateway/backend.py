@@ -82,6 +82,15 @@ def unavailable(exc: BaseException) -> BackendError:
     return BackendError(UNAVAILABLE, status=503, code="unavailable")
 
 
+def timed_out(timeout: float) -> BackendError:
+    """What a learner is told when no reply came within `timeout` seconds."""
+    return BackendError(
+        f"no reply within {timeout:g} s; the service may be busy or down, try again",
+        status=504,
+        code="timeout",
+    )
+
+
 class Backend:
     def __init__(self, router: ReplyRouter, redis: Redis, settings: GatewaySettings) -> None:
         self._router = router
@@ -90,11 +99,7 @@ class Backend:
 
     def _failure(self, exc: BaseException, timeout: float) -> BackendError:
         if isinstance(exc, ReplyTimeoutError):
-            return BackendError(
-                f"no reply within {timeout:g} s; the service may be busy or down, try again",
-                status=504,
-                code="timeout",
-            )
+            return timed_out(timeout)
         return unavailable(exc)
 
     @staticmethod

@@ -14,6 +14,17 @@ A message may carry an `"id"` (a string of at most 64 characters); everything th
 answers it carries the same `"id"`. `cancel` (with the `id` of the message to stop,
 or none for the one being answered) stops a reply: its response comes at once with
 what was sent so far and `"cancelled": true`.
+
+A text or audio message with an `id` is answered once per session, however often
+it is sent: a client may keep unanswered messages in an outbox and send them again,
+same `id`, after a dropped connection, even if the gateway had taken them. A resend
+of an id answered already, or being answered (on this connection or one that
+dropped), publishes nothing: it gets that `response` again with `"replayed": true`
+(no transcript or deltas), or a `timeout` error if none comes within REPLY_TIMEOUT.
+Answers are kept WS_REPLAY_TTL seconds. A message that got an error was not answered:
+sending it again tries again. When a connection drops, the message being answered,
+if it has an `id`, is still answered and kept for its resend; messages still waiting
+their turn are dropped. Messages without an `id` are answered as in v1.
 """
 
 import asyncio
@@ -31,12 +42,13 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from services.gateway import intake, validation
-from services.gateway.backend import Backend, BackendError, unavailable
+from services.gateway.backend import Backend, BackendError, timed_out, unavailable
 from services.gateway.intake import AudioBudget, Reservation
 from services.gateway.messages import error, reply_body
+from services.gateway.replay import RENEW_EVERY_S, AnswerLog
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import InputError
-from shared.events import AudioReceived, UtteranceReceived, new_id
+from shared.events import AudioReceived, ConversationReply, UtteranceReceived, new_id
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,12 @@ KNOWN_TYPES = ("text", "audio", "end", "ping", "cancel")
 # Close code for a connection refused by policy (RFC 6455): a bad session id.
 POLICY_VIOLATION = 1008
 MAX_ID_CHARS = 64
+# How often a resend checks whether the answer it waits for has been kept.
+REPLAY_POLL_S = 0.1
+# Giving up a claim may happen while the server shuts down: it must not hold that up.
+RELEASE_TIMEOUT_S = 1.0
+# The close code uvicorn's disconnect carries when the server itself is shutting down.
+SERVICE_RESTART = 1012
 
 
 @dataclass
@@ -66,6 +84,11 @@ class Pending:
         if self.held is not None:
             self.held.release()
 
+    @property
+    def replayable(self) -> bool:
+        """Whether a resend of it must get this answer, not a second one."""
+        return self.id is not None and self.kind != "end"
+
 
 class Connection:
     def __init__(
@@ -74,6 +97,7 @@ class Connection:
         backend: Backend,
         settings: GatewaySettings,
         budget: AudioBudget,
+        answers: AnswerLog,
         session_id: str,
         *,
         stream: bool,
@@ -82,41 +106,68 @@ class Connection:
         self._backend = backend
         self._settings = settings
         self._budget = budget
+        self._answers = answers
         self._session_id = session_id
         self._stream = stream
         self._waiting: collections.deque[Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._current: Pending | None = None
         self._send_lock = asyncio.Lock()
+        # False once the client left: what is still being answered is sent nowhere.
+        self._open = True
 
     async def send(self, message: dict[str, Any], answering: str | None = None) -> None:
         if answering is not None:
             message = {**message, "id": answering}
         async with self._send_lock:
-            if self._ws.application_state is WebSocketState.CONNECTED:
+            if not self._open or self._ws.application_state is not WebSocketState.CONNECTED:
+                return
+            try:
                 await self._ws.send_text(json.dumps(message))
+            except WebSocketDisconnect:
+                # Gone before its disconnect was read: the answer under way still
+                # finishes (a resend of its id gets it), it is just not sent.
+                self._open = False
 
     async def run(self) -> None:
         worker = asyncio.create_task(self._answer_in_order())
         try:
+            shutdown = await self._receive_until_gone()
+            self._close()
+            current = self._current
+            if shutdown or current is None or not current.replayable:
+                worker.cancel()
+            # Waits without cancelling the worker, or taking its error: a cancel of
+            # this task (the server stopping) comes out of here, and `finally` then
+            # stops the worker.
+            await asyncio.wait([worker])
+        finally:
+            self._close()
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def _receive_until_gone(self) -> bool:
+        """Take the client's messages until it leaves; True if the server is stopping."""
+        try:
             while True:
                 frame = await self._ws.receive()
                 if frame["type"] == "websocket.disconnect":
-                    return
+                    return frame.get("code") == SERVICE_RESTART
                 if frame.get("text") is None:
                     await self.send(error("binary_frame", "send JSON messages as text frames"))
                     continue
                 await self._dispatch(frame["text"], time.monotonic())
-        except WebSocketDisconnect:
-            return
-        finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-            # Clips still waiting for their turn give their share of the budget back.
-            for pending in self._waiting:
-                pending.release()
-            self._waiting.clear()
+        except WebSocketDisconnect as exc:
+            return exc.code == SERVICE_RESTART
+
+    def _close(self) -> None:
+        self._open = False
+        # Messages still waiting for their turn are dropped (nothing was published for
+        # them), and clips among them give their share of the budget back.
+        for pending in self._waiting:
+            pending.release()
+        self._waiting.clear()
 
     async def _dispatch(self, raw: str, received: float) -> None:
         try:
@@ -199,7 +250,8 @@ class Connection:
         return self._waiting.popleft()
 
     async def _answer_in_order(self) -> None:
-        while True:
+        # Once the client left, the message being answered is finished, then no more.
+        while self._open:
             pending = await self._next()
             self._current = pending
             try:
@@ -209,8 +261,6 @@ class Connection:
             except (RedisError, OSError) as exc:
                 failure = unavailable(exc)
                 await self.send(error(failure.code, failure.reason), pending.id)
-            except WebSocketDisconnect:
-                return
             except Exception:
                 log.exception("failed to answer a message on session %s", self._session_id)
                 await self.send(error("internal", "something went wrong on our side"), pending.id)
@@ -223,6 +273,83 @@ class Connection:
             summary = await self._backend.end(self._session_id, "websocket")
             await self.send({"type": "summary", "text": summary.text}, pending.id)
             return
+        if pending.id is None:
+            await self._converse(pending, keep_as=None)
+            return
+        kept = await self._claim(pending, pending.id)
+        if kept is not None:
+            await self.send({**kept, "replayed": True}, pending.id)
+            return
+        renewing = asyncio.create_task(self._renew(pending.id, pending.event_id))
+        try:
+            await self._converse(pending, keep_as=pending.id)
+        except BaseException:
+            # Every error, input errors included, gives the claim up: an error is
+            # not an answer, and its code does not say a resend fails the same way
+            # (a clip that expired in Redis is refused as `invalid_audio`, and sent
+            # again it is heard). A resend refused again costs a decode at most.
+            await self._release(pending.id)
+            raise
+        finally:
+            renewing.cancel()
+
+    async def _renew(self, answer_id: str, owner: str) -> None:
+        """Keeps the claim on `answer_id` alive while this attempt answers it."""
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            try:
+                if not await self._answers.renew(self._session_id, answer_id, owner):
+                    return
+            except (RedisError, OSError) as exc:
+                # Redis away: the claim may lapse, and a resend then asks again.
+                log.debug(
+                    "could not renew the claim on %s/%s: %s", self._session_id, answer_id, exc
+                )
+
+    async def _claim(self, pending: Pending, answer_id: str) -> dict[str, Any] | None:
+        """None once this attempt holds the claim on `answer_id`, or the body kept
+        for it when it was answered already (or is answered while this waits)."""
+        own = pending.event_id
+        timeout = self._settings.reply_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    kept = await self._answers.claim(self._session_id, answer_id, own)
+                    if kept is None:
+                        # Taken over from an attempt that gave up while this waited.
+                        pending.event_id = own
+                        return None
+                    if kept.body is not None:
+                        return kept.body
+                    if pending.event_id != kept.owner:
+                        # A cancel of this message now stops the attempt answering it.
+                        pending.event_id = kept.owner
+                        if pending.cancelled:
+                            await self._backend.cancel(kept.owner)
+                    await asyncio.sleep(REPLAY_POLL_S)
+        except TimeoutError as exc:
+            raise timed_out(timeout) from exc
+
+    async def _release(self, answer_id: str) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                await self._answers.release(self._session_id, answer_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # A resend then waits for an answer that never comes, and gets `timeout`.
+            log.warning(
+                "could not give up the claim on %s/%s: %s", self._session_id, answer_id, exc
+            )
+
+    async def _keep(self, answer_id: str, owner: str, body: dict[str, Any]) -> None:
+        try:
+            await self._answers.keep(self._session_id, answer_id, owner, body)
+        except (RedisError, OSError) as exc:
+            # The learner still gets the answer; only a resend would miss it.
+            log.warning("could not keep the answer to %s/%s: %s", self._session_id, answer_id, exc)
+
+    async def _converse(self, pending: Pending, keep_as: str | None) -> None:
+        """Publish the message and send its replies; with `keep_as`, keep the final
+        response under that id before sending it, so no resend can miss it."""
         if pending.cancelled:
             # Cancelled while it waited: its words are still kept, unanswered.
             await self._backend.cancel(pending.event_id)
@@ -248,7 +375,10 @@ class Connection:
             )
         async with aclosing(self._backend.converse(event)) as replies:
             async for reply in replies:
-                await self.send(reply_body(reply, pending.received), pending.id)
+                body = reply_body(reply, pending.received)
+                if keep_as is not None and isinstance(reply, ConversationReply):
+                    await self._keep(keep_as, pending.event_id, body)
+                await self.send(body, pending.id)
 
 
 def _too_many_pending(limit: int) -> InputError:
@@ -280,6 +410,7 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
             state.backend,
             state.settings,
             state.audio_budget,
+            AnswerLog(state.redis, state.settings.ws_replay_ttl),
             session_id,
             stream=_wants_stream(ws),
         ).run()

@@ -100,10 +100,11 @@ class Stack:
     def stop_gateway(self) -> None:
         self.services["gateway"].stop()
 
-    def start_gateway(self) -> None:
+    def start_gateway(self, **env: str) -> None:
+        """The gateway again, on the same port (the same origin for the browser)."""
         port = self.services["gateway"].port
         self.services["gateway"] = start_service(
-            "gateway", self.env, self.log_dir, label="gateway-again", port=port
+            "gateway", {**self.env, **env}, self.log_dir, label="gateway-again", port=port
         )
 
 

@@ -2,7 +2,9 @@
 
 import asyncio
 import json
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,6 +12,7 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, ViewportSize
 
 from tests.browser.conftest import SCREENSHOTS, SPOKEN, Stack, Watched, open_app
+from tests.support.services import ROOT
 from tests.support.wer import word_error_rate
 
 pytestmark = pytest.mark.slow
@@ -369,3 +372,60 @@ async def test_the_modules_own_rules_in_the_browser(app: Watched) -> None:
     assert result["sentences"] == [10, 10, 0]
     assert result["timings"]["line"] == "heard 480 ms · first words 1.2 s · total 2.3 s"
     app.assert_clean()
+
+
+def deploy(tmp_path: Path, name: str) -> Path:
+    """A copy of the app with one stylesheet changed: a new deploy."""
+    folder = tmp_path / name
+    shutil.copytree(ROOT / "frontend", folder)
+    with (folder / "css" / "app.css").open("a") as css:
+        css.write(f"\n.{name} {{ color: inherit; }}\n")
+    return folder
+
+
+async def only_cache_is(page: Page, version: str) -> None:
+    await page.wait_for_function(
+        "v => caches.keys().then(k => k.length === 1 && k[0] === 'lva-shell-' + v)", arg=version
+    )
+
+
+async def test_a_new_deploy_is_offered_and_applied_without_a_stale_app(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
+    app = await open_app(browser, stack)
+    page = app.page
+    version = "meta[name=lva-version]"
+    try:
+        await page.evaluate("navigator.serviceWorker.ready")
+        first = await page.get_attribute(version, "content")
+        # A deploy while the page stays open: its periodic check finds the new worker.
+        stack.stop_gateway()
+        stack.start_gateway(FRONTEND_DIR=str(deploy(tmp_path, "second")))
+        await page.evaluate("navigator.serviceWorker.getRegistration().then(r => r.update())")
+        await page.get_by_role("alert").filter(has_text="A new version is ready").wait_for()
+        # Until the learner says so, the page keeps running the version it has.
+        assert await page.get_attribute(version, "content") == first
+        async with page.expect_navigation():
+            await page.get_by_role("button", name="Reload to update").click()
+        await page.get_by_role("status").filter(has_text="Connected").wait_for()
+        second = await page.get_attribute(version, "content")
+        assert second and second != first
+        await only_cache_is(page, second)
+        css = await page.evaluate(
+            "fetch(document.querySelector('link[rel=stylesheet]').href).then(r => r.text())"
+        )
+        assert ".second" in css
+
+        # A deploy found by a reload: the page is new already; the worker follows quietly.
+        stack.stop_gateway()
+        stack.start_gateway(FRONTEND_DIR=str(deploy(tmp_path, "third")))
+        await page.reload()
+        third = await page.get_attribute(version, "content")
+        assert third not in (first, second)
+        await only_cache_is(page, str(third))
+        assert await page.get_by_text("A new version is ready").count() == 0
+        app.assert_clean(allow=OFFLINE_NOISE)
+    finally:
+        await app.context.close()
+        stack.stop_gateway()
+        stack.start_gateway()
