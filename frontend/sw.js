@@ -32,7 +32,10 @@ self.addEventListener("activate", (event) => {
 });
 
 self.addEventListener("message", (event) => {
-  if (event.data && event.data.type === "skip-waiting") self.skipWaiting();
+  const type = event.data && event.data.type;
+  if (type === "skip-waiting") self.skipWaiting();
+  // The page compares this with its own version to tell whether it is stale.
+  if (type === "version" && event.ports[0]) event.ports[0].postMessage(VERSION);
 });
 
 self.addEventListener("fetch", (event) => {
