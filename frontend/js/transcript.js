@@ -8,6 +8,13 @@ import { reactive } from "./vue.js";
 import { Connection, socketUrl } from "./connection.js";
 import { outbox, prefs, turns as savedTurns } from "./storage.js";
 
+// Messages sent and not yet answered at once: the gateway refuses more than a few
+// waiting on one connection (WS_MAX_PENDING, 8), and a long outbox must not hit that.
+const MAX_IN_FLIGHT = 4;
+// Errors that say nothing about the message itself: it stays in the outbox, and
+// "Try again" (or the next open of the app) sends it again.
+const TRANSIENT = new Set(["unavailable", "busy", "timeout", "too_many_pending", "internal", "transcription_failed"]);
+
 function newId() {
   return crypto.randomUUID();
 }
@@ -60,7 +67,10 @@ export class Conversation {
     const unanswered = new Set(queued.filter((q) => q.session === session).map((q) => q.id));
     for (const turn of kept) {
       // A reply that was mid-stream when the page closed is asked for again.
-      if (unanswered.has(turn.id)) turn.state = "queued";
+      if (unanswered.has(turn.id)) {
+        turn.state = "queued";
+        turn.retryable = false;
+      }
       else if (turn.state === "streaming" || turn.state === "sent") turn.state = "interrupted";
     }
     this.state.turns = kept;
@@ -134,11 +144,29 @@ export class Conversation {
     }
     for (const entry of [...queued, ...this._memoryOutbox]) {
       if (entry.session !== this.state.session || this._sent.has(entry.id)) continue;
+      const turn = this._turn(entry.id);
+      if (turn && turn.state === "error") continue; // waits for "Try again"
+      if (this._inFlight() >= MAX_IN_FLIGHT) return;
       if (!connection.send(entry.message)) return;
       this._sent.add(entry.id);
-      const turn = this._turn(entry.id);
       if (turn && (turn.state === "queued" || turn.state === "interrupted")) turn.state = "sent";
     }
+  }
+
+  _inFlight() {
+    return this.state.turns.filter((t) => this._sent.has(t.id) && (t.state === "sent" || t.state === "streaming")).length;
+  }
+
+  /** Sends a message that got a passing error again, under the same id. */
+  retry(id) {
+    const turn = this._turn(id);
+    if (!turn || !turn.retryable) return;
+    turn.state = "queued";
+    turn.error = null;
+    turn.retryable = false;
+    this._sent.delete(id);
+    this._save(turn);
+    this.flush();
   }
 
   cancel() {
@@ -198,11 +226,16 @@ export class Conversation {
         if (message.cancelled) this.speaker.stop();
         else this.speaker.finish(turn.id, turn.reply);
         this._settle(turn);
+        this.flush();
         break;
       case "error":
         turn.state = "error";
         turn.error = message.message;
-        this._settle(turn);
+        turn.retryable = TRANSIENT.has(message.code);
+        this._sent.delete(turn.id);
+        if (turn.retryable) this._save(turn);
+        else this._settle(turn);
+        this.flush();
         break;
       default:
         break;

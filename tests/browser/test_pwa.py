@@ -565,3 +565,56 @@ async def test_chromium_finds_the_app_installable(stack: Stack, tmp_path: Path) 
             assert errors == []
         finally:
             await context.close()
+
+
+async def test_a_long_outbox_is_delivered_a_few_at_a_time_each_once(
+    browser: Browser, stack: Stack
+) -> None:
+    stack.llm.piece_delay = 0
+    app = await open_app(browser, stack)
+    page = app.page
+    said = [f"Queued thought number {n} about the tides." for n in range(10)]
+    try:
+        session = await session_of(page)
+        stack.stop_gateway()
+        try:
+            await page.get_by_role("status").filter(has_text="Connection lost").wait_for()
+            for text in said:
+                await send_text(page, text)
+        finally:
+            stack.start_gateway()
+        # More than the gateway lets wait on one connection (8): none is refused.
+        for n in range(len(said)):
+            await wait_state(page.locator("li.turn").nth(n), "done")
+        for _ in range(100):
+            history = await archived(stack, session)
+            if len(history) >= len(said):
+                break
+            await asyncio.sleep(0.2)
+        assert sorted(h["user_text"] for h in history) == sorted(said)
+        app.assert_clean(allow=OFFLINE_NOISE)
+    finally:
+        await app.context.close()
+
+
+async def test_a_message_that_timed_out_is_tried_again_on_request(
+    browser: Browser, stack: Stack
+) -> None:
+    stack.llm.piece_delay = 0
+    stack.llm.delay = 4.0  # longer than the gateway below waits
+    stack.stop_gateway()
+    stack.start_gateway(REPLY_TIMEOUT="2")
+    try:
+        app = await open_app(browser, stack)
+        page = app.page
+        turn = await send_text(page, "Will this one make it?")
+        await wait_state(turn, "error", timeout=20_000)
+        stack.llm.delay = 0
+        await turn.get_by_role("button", name="Try again").click()
+        await wait_state(turn, "done")
+        assert "Will this one make it?" in await turn.locator(".reply").inner_text()
+        app.assert_clean()
+        await app.context.close()
+    finally:
+        stack.stop_gateway()
+        stack.start_gateway()

@@ -23,7 +23,7 @@ function you(turn) {
   ]);
 }
 
-function companion(turn) {
+function companion(turn, conversation) {
   const timing = timingSummary(turn.timings);
   const children = [h("span", { class: "who" }, "Companion")];
   if (turn.state === "error") {
@@ -40,6 +40,9 @@ function companion(turn) {
   }
   const meta = [];
   if (BADGES[turn.state]) meta.push(h("span", { class: `badge ${turn.state}` }, BADGES[turn.state]));
+  if (turn.state === "error" && turn.retryable) {
+    meta.push(h("button", { type: "button", class: "link retry", onClick: () => conversation.retry(turn.id) }, "Try again"));
+  }
   if (timing && timing.line) {
     meta.push(h("span", { class: "timings", title: timing.detail, tabindex: "0" }, timing.line));
   }
@@ -71,7 +74,7 @@ export const Turns = {
     return () => {
       const streaming = state.turns.some((t) => t.state === "streaming");
       const items = state.turns.map((turn) =>
-        h("li", { key: turn.id, class: "turn", "data-state": turn.state }, [you(turn), companion(turn)]),
+        h("li", { key: turn.id, class: "turn", "data-state": turn.state }, [you(turn), companion(turn, props.conversation)]),
       );
       const children = [];
       if (!state.turns.length && state.loaded) {
