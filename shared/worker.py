@@ -7,10 +7,10 @@ own start-up and shutdown steps to `worker.app(...)`.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
@@ -27,6 +27,10 @@ from shared.supervision import Supervisor
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
+# How long stopping the background helpers may take, and how often a helper that
+# has not ended yet is cancelled again.
+STOP_TIMEOUT_S = 5.0
+STOP_RETRY_S = 0.5
 # A health check must answer quickly even while Redis does not.
 HEALTH_PING_TIMEOUT_S = 1.0
 
@@ -44,11 +48,23 @@ class BackgroundTasks:
         self._tasks.append(asyncio.create_task(run(), name=name))
 
     async def stop(self) -> None:
+        # A cancel can be swallowed by a library on its way out (redis-py's
+        # connection handling, caught mid-reconnect under load, was seen to), and
+        # the task then awaits again: cancel again until it ends, within a bound,
+        # rather than hold the whole shutdown up forever.
+        pending = {t for t in self._tasks if not t.done()}
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=STOP_RETRY_S)
+        for task in pending:
+            log.warning(
+                "background task %s did not stop within %g s", task.get_name(), STOP_TIMEOUT_S
+            )
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("background task %s had failed: %r", task.get_name(), task.exception())
         self._tasks.clear()
 
 
@@ -61,6 +77,9 @@ class Worker:
         self.supervisor = Supervisor(self.broker, settings)
         self._redis: Redis | None = None
         self._background = BackgroundTasks()
+        # Apart from the other helpers: it must stop before the broker does, or it
+        # would start again a subscriber that the broker's shutdown has just stopped.
+        self._supervising = BackgroundTasks()
 
     def run_in_background(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """A helper of the service's own that runs until the worker stops."""
@@ -84,9 +103,10 @@ class Worker:
                 self.redis, self.settings, stream=stream, group=group, leases=self.leases
             )
             self._background.start(f"reclaim-{stream}", reclaimer.run)
-        self._background.start("supervise", self.supervisor.run)
+        self._supervising.start("supervise", self.supervisor.run)
 
     async def _close(self) -> None:
+        await self._supervising.stop()
         await self._background.stop()
         if self._redis is not None:
             await self._redis.aclose()
@@ -136,6 +156,7 @@ class Worker:
             asgi_routes=[("/health", health)],
             on_startup=[self._connect, *on_startup],
             after_startup=[self._started],
+            on_shutdown=[self._supervising.stop],
             after_shutdown=[*after_shutdown, self._close],
         )
 
