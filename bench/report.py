@@ -19,7 +19,16 @@ log = logging.getLogger("bench")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Order of the sections in latest.md; also the names of their files.
-SECTION_ORDER = ("latency", "throughput", "sessions", "streaming", "compat", "voice", "search")
+SECTION_ORDER = (
+    "latency",
+    "throughput",
+    "sessions",
+    "streaming",
+    "compat",
+    "voice",
+    "search",
+    "pwa",
+)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
