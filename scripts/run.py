@@ -21,13 +21,14 @@ from urllib.parse import urlparse
 import redis
 from honcho.manager import Manager
 
+from services.telephony.settings import TelephonySettings
 from shared.logs import setup_logging
 from shared.settings import CommonSettings
 
 log = logging.getLogger("run")
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("gateway", "transcriber", "responder", "archiver")
+SERVICES = ("gateway", "transcriber", "responder", "archiver", "telephony")
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
 
@@ -92,18 +93,32 @@ def embedded_redis(url: str) -> Iterator[None]:
         log.info("Redis stopped")
 
 
+def service_env(service: str, env: dict[str, str], telephony: TelephonySettings) -> dict[str, str]:
+    if service == "telephony" and not telephony.twilio_auth_token:
+        # Without a token nothing checks that a webhook is Twilio's: telephony runs in
+        # local mode, reachable from this machine only (it refuses any other HOST).
+        return {**env, "HOST": "127.0.0.1"}
+    return env
+
+
 def run_services(port: str) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    telephony = TelephonySettings()
     manager = Manager()
     for service in SERVICES:
         manager.add_process(
             service,
             f"exec {sys.executable} -m scripts.keep_running -- "
             f"{sys.executable} -m services.{service}",
-            env=env,
+            env=service_env(service, env, telephony),
             cwd=str(ROOT),
         )
     log.info("the gateway listens on http://localhost:%s (Ctrl-C stops everything)", port)
+    log.info(
+        "telephony (Twilio webhooks) listens on port %d%s",
+        telephony.telephony_port,
+        "" if telephony.twilio_auth_token else " of 127.0.0.1, unsigned (local mode)",
+    )
     manager.loop()
     return int(manager.returncode or 0)
 

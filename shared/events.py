@@ -80,6 +80,10 @@ class UtteranceReceived(Event):
     # published, so the responder can add its own wait.
     timings: Timings = Field(default_factory=Timings)
     published_at: datetime | None = None
+    # Who called, for a phone call: a keyed hash of the number (HMAC-SHA256 with
+    # PHONE_HASH_SECRET, 16 hex digits), never the number. The same caller has the
+    # same value across calls; the number cannot be recovered from it.
+    caller: str | None = None
 
 
 class AudioReceived(Event):
@@ -113,6 +117,8 @@ class ExchangeCompleted(Event):
     expired: bool = False
     # The learner cut the reply short: `agent_text` is what they received.
     cancelled: bool = False
+    # The utterance's `caller` (a keyed hash of a phone number), if it had one.
+    caller: str | None = None
 
 
 # Replies: sent by a worker to the `reply_to` stream of the asking instance.

@@ -72,3 +72,9 @@ class Keys:
         """The answer to the WebSocket message with the client's `answer_id` in this
         session, kept so a resend after a dropped connection is not answered twice."""
         return f"ws:{session_id}:answer:{answer_id}"
+
+    @staticmethod
+    def twilio_reply(session_id: str, event_id: str) -> str:
+        """The reply to a caller's utterance (or that it is still awaited), kept so
+        that whichever telephony instance Twilio's next webhook reaches can say it."""
+        return f"twilio:{session_id}:reply:{event_id}"

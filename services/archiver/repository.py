@@ -86,6 +86,9 @@ def _metadata(exchange: ExchangeCompleted) -> str:
     if exchange.cancelled:
         # The learner cut the reply short: `agent_text` is what they received.
         metadata["cancelled"] = True
+    if exchange.caller is not None:
+        # A keyed hash of a caller's number, never the number (see UtteranceReceived).
+        metadata["caller"] = exchange.caller
     return json.dumps(metadata)
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from services.gateway import intake, validation
-from services.gateway.backend import Backend, BackendError
+from services.gateway.backend import Backend
 from services.gateway.deps import AudioBudgetDep, BackendDep, RedisDep, SettingsDep
 from services.gateway.intake import AudioBudget
 from services.gateway.messages import elapsed_ms, error, reply_body
@@ -31,6 +31,7 @@ from services.gateway.schemas import (
     StatsResponse,
 )
 from services.gateway.settings import GatewaySettings
+from shared.asking import AskError
 from shared.events import AudioReceived, UtteranceReceived
 
 VERSION = "2.0.0"
@@ -153,7 +154,7 @@ async def conversation_stream(
                     if body["type"] == "response":
                         body["session_id"] = session_id
                     yield format_sse_event(event=body["type"], data_str=json.dumps(body))
-        except BackendError as exc:
+        except AskError as exc:
             body = error(exc.code, exc.reason)
             yield format_sse_event(event="error", data_str=json.dumps(body))
 

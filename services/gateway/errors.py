@@ -5,8 +5,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from services.gateway.backend import BackendError, unavailable
 from services.gateway.validation import InputError
+from shared.asking import AskError, unavailable
 
 
 def _reason(exc: RequestValidationError) -> str:
@@ -22,8 +22,8 @@ def install(app: FastAPI) -> None:
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"detail": exc.reason, "code": exc.code}, status_code=exc.status)
 
-    @app.exception_handler(BackendError)
-    async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
+    @app.exception_handler(AskError)
+    async def backend_error(_: Request, exc: AskError) -> JSONResponse:
         return JSONResponse({"detail": exc.reason, "code": exc.code}, status_code=exc.status)
 
     @app.exception_handler(RedisError)

@@ -42,12 +42,13 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from services.gateway import intake, validation
-from services.gateway.backend import Backend, BackendError, timed_out, unavailable
+from services.gateway.backend import Backend
 from services.gateway.intake import AudioBudget, Reservation
 from services.gateway.messages import error, reply_body
 from services.gateway.replay import RENEW_EVERY_S, AnswerLog
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import InputError
+from shared.asking import AskError, timed_out, unavailable
 from shared.events import AudioReceived, ConversationReply, UtteranceReceived, new_id
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ class Connection:
             self._current = pending
             try:
                 await self._answer(pending)
-            except BackendError as exc:
+            except AskError as exc:
                 await self.send(error(exc.code, exc.reason), pending.id)
             except (RedisError, OSError) as exc:
                 failure = unavailable(exc)

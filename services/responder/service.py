@@ -322,6 +322,7 @@ class Responder:
             responder=self._settings.instance_id,
             expired=expired,
             cancelled=cancelled,
+            caller=event.caller,
         )
 
     async def end(self, event: SessionEndRequested) -> SummaryReply:

@@ -82,7 +82,8 @@ def llm() -> Iterator[OpenAIWireServer]:
 def test_make_run_brings_a_killed_worker_back(
     redis_url: str, llm: OpenAIWireServer, tmp_path: Path
 ) -> None:
-    ports = {name: free_port() for name in ("gateway", "responder", "archiver", "transcriber")}
+    names = ("gateway", "responder", "archiver", "transcriber", "telephony")
+    ports = {name: free_port() for name in names}
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
@@ -90,6 +91,7 @@ def test_make_run_brings_a_killed_worker_back(
         "RESPONDER_HEALTH_PORT": str(ports["responder"]),
         "ARCHIVER_HEALTH_PORT": str(ports["archiver"]),
         "TRANSCRIBER_HEALTH_PORT": str(ports["transcriber"]),
+        "TELEPHONY_PORT": str(ports["telephony"]),
         "HOST": "127.0.0.1",
         "LLM_PROVIDER": "openai",
         "LLM_BASE_URL": llm.base_url,

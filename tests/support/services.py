@@ -20,6 +20,7 @@ HEALTH_PORT_VAR = {
     "transcriber": "HEALTH_PORT",
     "responder": "HEALTH_PORT",
     "archiver": "HEALTH_PORT",
+    "telephony": "TELEPHONY_PORT",
 }
 
 

@@ -1,0 +1,168 @@
+"""Twilio's webhooks in Gather mode (v1's contract), and /health.
+
+Twilio posts a form; every answer is TwiML. A webhook whose signature is not
+Twilio's gets 403 before anything is read from it or published (see signatures).
+"""
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+from starlette.datastructures import FormData
+
+from services.telephony.calls import Kept, call_session, checked_id
+from services.telephony.deps import CallsDep, RedisDep, SettingsDep, SignedForm, TwiMLDep
+from services.telephony.errors import twiml_response
+from services.telephony.privacy import caller_hash
+from services.telephony.settings import TelephonySettings
+from services.telephony.twiml import APOLOGY, FAREWELL_APOLOGY, NOT_HEARD, TwiML
+from shared.asking import AskError
+
+log = logging.getLogger(__name__)
+
+VERSION = "2.0.0"
+# Twilio sends the same token again when it retries a webhook.
+IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+# CallStatus values after which the call is over (the last status callback).
+ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+HEALTH_PING_TIMEOUT_S = 1.0
+
+router = APIRouter()
+
+
+class HealthResponse(BaseModel):
+    status: str
+    service: str
+    version: str
+    redis: str
+    # This instance's reader of its reply stream: "ok", "reconnecting", "stopped".
+    replies: str
+    mode: str
+    # False in local mode (no TWILIO_AUTH_TOKEN).
+    signatures_checked: bool
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health(redis: RedisDep, calls: CallsDep, settings: SettingsDep) -> JSONResponse:
+    try:
+        async with asyncio.timeout(HEALTH_PING_TIMEOUT_S):
+            await redis.ping()
+        redis_state = "ok"
+    except (RedisError, OSError, TimeoutError):
+        redis_state = "unreachable"
+    replies = calls.reply_reader_state
+    healthy = redis_state == "ok" and replies == "ok"
+    body = HealthResponse(
+        status="healthy" if healthy else "degraded",
+        service="telephony",
+        version=VERSION,
+        redis=redis_state,
+        replies=replies,
+        mode=settings.twilio_mode,
+        signatures_checked=settings.signatures_checked,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+
+
+def _session(request: Request, form: FormData) -> str | None:
+    return call_session(request.query_params.get("session_id"), _field(form, "CallSid"))
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _caller(form: FormData, settings: TelephonySettings) -> str | None:
+    return caller_hash(_field(form, "From"), settings.hash_secret)
+
+
+def _confidence(value: str) -> float | None:
+    """Twilio's Confidence (0 to 1); None when it sent none (some speech models do
+    not), which counts as heard."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _answer(twiml: TwiML, session_id: str, event_id: str, kept: Kept, *, first: bool) -> str:
+    if kept.state == "done":
+        return twiml.turn(session_id, kept.agent_text or APOLOGY)
+    if kept.state == "pending":
+        log.info("%s: the reply to %s is not in yet, the caller holds", session_id, event_id)
+        return twiml.hold(session_id, event_id, first=first)
+    return twiml.turn(session_id, APOLOGY)
+
+
+@router.post("/twilio/voice")
+async def voice(
+    request: Request, form: SignedForm, settings: SettingsDep, twiml: TwiMLDep
+) -> Response:
+    """A call comes in: the greeting at once (no broker or model before it)."""
+    session = _session(request, form)
+    if session is None:
+        log.warning("a call without a usable CallSid: ended")
+        return twiml_response(twiml.farewell(FAREWELL_APOLOGY))
+    if "session_id" not in request.query_params:
+        log.info("call %s from caller %s", session, _caller(form, settings) or "unknown")
+    return twiml_response(twiml.greeting(session))
+
+
+@router.post("/twilio/process-speech")
+async def process_speech(
+    request: Request, form: SignedForm, settings: SettingsDep, calls: CallsDep, twiml: TwiMLDep
+) -> Response:
+    """What the caller said: the reply, or a holding phrase if it takes longer
+    than REPLY_DEADLINE; unclear speech is asked for again, without the model."""
+    session = _session(request, form)
+    if session is None:
+        return twiml_response(twiml.farewell(FAREWELL_APOLOGY))
+    speech = " ".join(_field(form, "SpeechResult").split())[: settings.max_text_chars]
+    confidence = _confidence(_field(form, "Confidence"))
+    if not speech or (confidence is not None and confidence < settings.min_confidence):
+        why = "nothing heard" if not speech else f"confidence {confidence:.2f}"
+        log.info("%s: %s, asked again", session, why)
+        return twiml_response(twiml.turn(session, NOT_HEARD))
+    try:
+        event_id, kept = await calls.ask(
+            session,
+            speech,
+            caller=_caller(form, settings),
+            idempotency_token=request.headers.get(IDEMPOTENCY_HEADER),
+        )
+    except AskError as exc:
+        log.warning("%s: could not ask: %s", session, exc.reason)
+        return twiml_response(twiml.turn(session, APOLOGY))
+    return twiml_response(_answer(twiml, session, event_id, kept, first=True))
+
+
+@router.post("/twilio/reply")
+async def reply(request: Request, form: SignedForm, calls: CallsDep, twiml: TwiMLDep) -> Response:
+    """Where a caller on hold is redirected: the reply once it is there."""
+    session = _session(request, form)
+    event_id = checked_id(request.query_params.get("event_id"))
+    if session is None:
+        return twiml_response(twiml.farewell(FAREWELL_APOLOGY))
+    if event_id is None:
+        return twiml_response(twiml.turn(session, APOLOGY))
+    try:
+        kept = await calls.pick_up(session, event_id)
+    except AskError as exc:
+        log.warning("%s: could not pick the reply up: %s", session, exc.reason)
+        return twiml_response(twiml.turn(session, APOLOGY))
+    return twiml_response(_answer(twiml, session, event_id, kept, first=False))
+
+
+@router.post("/twilio/status")
+async def status(request: Request, form: SignedForm, calls: CallsDep, twiml: TwiMLDep) -> Response:
+    """Twilio's status callback: a call that is over ends its session."""
+    call_status = _field(form, "CallStatus")
+    session = _session(request, form)
+    if call_status in ENDED and session is not None:
+        log.info("call %s is over (%s)", session, call_status)
+        calls.end_later(session)
+    return twiml_response(twiml.empty())

@@ -1,0 +1,227 @@
+"""Asking the workers about a conversation, for every service a learner talks
+through (the gateway's REST and WebSocket, telephony's webhooks and relay).
+
+Such a service never calls a model or opens the database: it publishes an event
+and waits on its own reply stream (`shared.replies.ReplyRouter`).
+"""
+
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.cancel import request_cancel
+from shared.events import (
+    AudioReceived,
+    ConversationReply,
+    DeltaReply,
+    ErrorReply,
+    Event,
+    Reply,
+    SessionEndRequested,
+    Source,
+    SummaryReply,
+    TranscriptReply,
+    UtteranceReceived,
+    new_id,
+    utcnow,
+)
+from shared.replies import ReplyRouter, ReplyTimeoutError
+from shared.streams import AUDIO_RECEIVED, SESSION_END_REQUESTED, UTTERANCE_RECEIVED, Keys
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Reply)
+
+UNAVAILABLE = "the service cannot reach its message broker right now; please try again shortly"
+
+# HTTP status for each error a worker can report.
+ERROR_STATUS = {
+    "invalid_audio": 400,
+    "no_speech": 400,
+    "audio_too_large": 413,
+    "audio_too_long": 413,
+    "transcription_failed": 502,
+    "internal": 500,
+}
+
+
+class AskError(Exception):
+    """The request reached a worker, or should have, and did not succeed."""
+
+    def __init__(self, reason: str, *, status: int, code: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+
+def unavailable(exc: BaseException) -> AskError:
+    """What a learner is told when Redis cannot be reached (its retries ran out)."""
+    log.warning("Redis is unavailable: %s", exc)
+    return AskError(UNAVAILABLE, status=503, code="unavailable")
+
+
+def timed_out(timeout: float) -> AskError:
+    """What a learner is told when no reply came within `timeout` seconds."""
+    return AskError(
+        f"no reply within {timeout:g} s; the service may be busy or down, try again",
+        status=504,
+        code="timeout",
+    )
+
+
+class Held(Protocol):
+    """Memory a caller holds for a clip until Redis has it."""
+
+    def release(self) -> None: ...
+
+
+class Conversations:
+    """Events about what a learner said, and the replies to them."""
+
+    def __init__(
+        self, router: ReplyRouter, redis: Redis, *, reply_timeout: float, audio_ttl: int
+    ) -> None:
+        self._router = router
+        self._redis = redis
+        self._reply_timeout = reply_timeout
+        self._audio_ttl = audio_ttl
+
+    def _failure(self, exc: BaseException, timeout: float) -> AskError:
+        if isinstance(exc, ReplyTimeoutError):
+            return timed_out(timeout)
+        return unavailable(exc)
+
+    @staticmethod
+    def _refusal(reply: ErrorReply) -> AskError:
+        return AskError(reply.message, status=ERROR_STATUS.get(reply.code, 500), code=reply.code)
+
+    async def _ask(
+        self, stream: str, message: BaseModel, request_id: str, timeout: float, expect: type[R]
+    ) -> R:
+        try:
+            reply = await self._router.request(stream, message, request_id, timeout)
+        except (RedisError, OSError, ReplyTimeoutError) as exc:
+            raise self._failure(exc, timeout) from exc
+        if isinstance(reply, ErrorReply):
+            raise self._refusal(reply)
+        if not isinstance(reply, expect):
+            raise AskError(f"unexpected {reply.kind} reply", status=500, code="internal")
+        return reply
+
+    async def _event(self, stream: str, event: Event, expect: type[R]) -> R:
+        return await self._ask(stream, event, event.event_id, self._reply_timeout, expect)
+
+    def _deadline(self, timeout: float) -> datetime:
+        # Workers skip what arrives after it: the learner has been told to try again.
+        return utcnow() + timedelta(seconds=timeout)
+
+    @property
+    def reply_reader_state(self) -> str:
+        return self._router.reader_state
+
+    def text_event(
+        self,
+        session_id: str,
+        source: Source,
+        text: str,
+        *,
+        event_id: str | None = None,
+        stream: bool = False,
+        caller: str | None = None,
+    ) -> UtteranceReceived:
+        return UtteranceReceived(
+            event_id=event_id or new_id(),
+            session_id=session_id,
+            source=source,
+            text=text,
+            reply_to=self._router.stream,
+            deadline=self._deadline(self._reply_timeout),
+            stream=stream,
+            caller=caller,
+        )
+
+    async def audio_event(
+        self,
+        session_id: str,
+        source: Source,
+        audio: bytes,
+        *,
+        held: Held | None = None,
+        event_id: str | None = None,
+        stream: bool = False,
+    ) -> AudioReceived:
+        """A clip: its bytes wait in Redis (claim check), the event carries the key.
+
+        `held` is released once Redis has the bytes: the gateway holds them no longer.
+        """
+        event_id = event_id or new_id()
+        event = AudioReceived(
+            event_id=event_id,
+            session_id=session_id,
+            source=source,
+            reply_to=self._router.stream,
+            deadline=self._deadline(self._reply_timeout),
+            audio_key=Keys.audio(event_id),
+            size_bytes=len(audio),
+            stream=stream,
+        )
+        try:
+            await self._redis.set(event.audio_key, audio, ex=self._audio_ttl)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+        finally:
+            if held is not None:
+                held.release()
+        return event
+
+    async def converse(
+        self, event: UtteranceReceived | AudioReceived
+    ) -> AsyncGenerator[TranscriptReply | DeltaReply | ConversationReply, None]:
+        """The replies to one thing the learner said: for a streaming asker, what
+        was heard and the reply's pieces, then always the whole reply."""
+        stream = AUDIO_RECEIVED if isinstance(event, AudioReceived) else UTTERANCE_RECEIVED
+        timeout = self._reply_timeout
+        replies = self._router.exchange(stream, event, event.event_id, timeout)
+        try:
+            async with aclosing(replies):
+                async for reply in replies:
+                    if isinstance(reply, ErrorReply):
+                        raise self._refusal(reply)
+                    if not isinstance(reply, TranscriptReply | DeltaReply | ConversationReply):
+                        raise AskError(
+                            f"unexpected {reply.kind} reply", status=500, code="internal"
+                        )
+                    yield reply
+        except (RedisError, OSError, ReplyTimeoutError) as exc:
+            raise self._failure(exc, timeout) from exc
+
+    async def reply_to(self, event: UtteranceReceived | AudioReceived) -> ConversationReply:
+        """The whole reply (v1's one answer)."""
+        async with aclosing(self.converse(event)) as replies:
+            async for reply in replies:
+                if isinstance(reply, ConversationReply):
+                    return reply
+        raise AskError("the reply ended without an answer", status=500, code="internal")
+
+    async def cancel(self, event_id: str) -> None:
+        """Stop the reply to `event_id` (a learner's cancel): see `shared.cancel`."""
+        try:
+            await request_cancel(self._redis, event_id)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+
+    async def end(self, session_id: str, source: Source) -> SummaryReply:
+        event = SessionEndRequested(
+            session_id=session_id,
+            source=source,
+            reply_to=self._router.stream,
+            deadline=self._deadline(self._reply_timeout),
+        )
+        return await self._event(SESSION_END_REQUESTED, event, SummaryReply)
