@@ -1,4 +1,4 @@
-"""`python -m bench [--only system|ws|stream|voice|search|pwa] [--quick]`: every benchmark.
+"""`python -m bench [--only SECTION] [--quick]`: every benchmark, or one of them.
 
 - system: added latency of the service split, and sustained throughput
   (bench.system_bench, sections 1 and 2);
@@ -9,7 +9,8 @@
   embedded models (bench.voice_bench);
 - search: archive ingest and search on synthetic captures (bench.search_bench);
 - pwa: the PWA in Chromium: its size, opening it (first, return, offline) and a
-  typed message's first words on screen (bench.pwa_bench).
+  typed message's first words on screen (bench.pwa_bench);
+- telephony: signed Twilio webhooks to their TwiML (bench.telephony_bench).
 
 Tables go to stdout as they are measured, to bench/results/<section>.md, and
 together with the machine's description to bench/results/latest.md. Progress
@@ -25,7 +26,14 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from bench import pwa_bench, search_bench, stream_bench, system_bench, voice_bench
+from bench import (
+    pwa_bench,
+    search_bench,
+    stream_bench,
+    system_bench,
+    telephony_bench,
+    voice_bench,
+)
 from bench.report import RESULTS_DIR, Section, emit, write_results
 
 log = logging.getLogger("bench")
@@ -36,7 +44,9 @@ QUICK_SEARCH_ROWS = 20_000
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--only", choices=("system", "ws", "stream", "voice", "search", "pwa"), default=None
+        "--only",
+        choices=("system", "ws", "stream", "voice", "search", "pwa", "telephony"),
+        default=None,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
@@ -87,7 +97,11 @@ def sizes_for(args: argparse.Namespace) -> system_bench.Sizes:
 
 def run(args: argparse.Namespace, command: str) -> list[Section]:
     sizes = sizes_for(args)
-    groups = [args.only] if args.only else ["system", "ws", "stream", "voice", "search", "pwa"]
+    groups = (
+        [args.only]
+        if args.only
+        else ["system", "ws", "stream", "voice", "search", "pwa", "telephony"]
+    )
     sections: list[Section] = []
     for group in groups:
         log.info("running %s benchmarks", group)
@@ -99,6 +113,8 @@ def run(args: argparse.Namespace, command: str) -> list[Section]:
             measured = voice_bench.run_voice(args.quick)
         elif group == "pwa":
             measured = pwa_bench.run_pwa(args.quick)
+        elif group == "telephony":
+            measured = telephony_bench.run_telephony(args.quick)
         elif group == "system":
             measured = system_bench.run_system(sizes)
         elif group == "stream":
