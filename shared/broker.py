@@ -10,6 +10,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import CommonSettings
@@ -97,3 +98,17 @@ async def wait_for_redis(url: str, timeout: float) -> None:
                 delay = min(delay * 2, 2.0)
     finally:
         await client.aclose()
+
+
+# A health check answers at once: Redis's own retries would take seconds.
+HEALTH_PING_TIMEOUT_S = 1.0
+
+
+async def redis_state(redis: Redis) -> str:
+    """ "ok" if Redis answers a PING within HEALTH_PING_TIMEOUT_S, else "unreachable"."""
+    try:
+        async with asyncio.timeout(HEALTH_PING_TIMEOUT_S):
+            await redis.ping()
+    except (RedisError, OSError, TimeoutError):
+        return "unreachable"
+    return "ok"

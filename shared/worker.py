@@ -18,7 +18,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
 from redis.asyncio import Redis
 
-from shared.broker import make_broker, redis_client, wait_for_redis
+from shared.broker import HEALTH_PING_TIMEOUT_S, make_broker, redis_client, wait_for_redis
 from shared.delivery import Leases, Reclaimer
 from shared.process import attach_server, exit_code
 from shared.settings import CommonSettings
@@ -31,8 +31,6 @@ Hook = Callable[[], Awaitable[None]]
 # has not ended yet is cancelled again.
 STOP_TIMEOUT_S = 5.0
 STOP_RETRY_S = 0.5
-# A health check must answer quickly even while Redis does not.
-HEALTH_PING_TIMEOUT_S = 1.0
 
 
 class BackgroundTasks:

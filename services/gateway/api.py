@@ -1,6 +1,5 @@
 """REST routes of the gateway (v1's contract)."""
 
-import asyncio
 import json
 import time
 import uuid
@@ -12,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from services.gateway import intake, validation
 from services.gateway.backend import Backend
@@ -32,6 +30,7 @@ from services.gateway.schemas import (
 )
 from services.gateway.settings import GatewaySettings
 from shared.asking import AskError
+from shared.broker import redis_state
 from shared.events import AudioReceived, UtteranceReceived
 
 VERSION = "2.0.0"
@@ -39,25 +38,16 @@ VERSION = "2.0.0"
 router = APIRouter()
 
 
-# A health check answers at once: Redis's own retries would take seconds.
-HEALTH_PING_TIMEOUT_S = 1.0
-
-
 @router.get("/health", response_model=HealthResponse)
 async def health(redis: RedisDep, backend: BackendDep, request: Request) -> JSONResponse:
-    try:
-        async with asyncio.timeout(HEALTH_PING_TIMEOUT_S):
-            await redis.ping()
-        redis_state = "ok"
-    except (RedisError, OSError, TimeoutError):
-        redis_state = "unreachable"
+    reachable = await redis_state(redis)
     replies = backend.reply_reader_state
-    healthy = redis_state == "ok" and replies == "ok"
+    healthy = reachable == "ok" and replies == "ok"
     body = HealthResponse(
         status="healthy" if healthy else "degraded",
         service="gateway",
         version=VERSION,
-        redis=redis_state,
+        redis=reachable,
         replies=replies,
         websockets=request.app.state.connections.open,
     )

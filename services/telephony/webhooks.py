@@ -4,13 +4,11 @@ Twilio posts a form; every answer is TwiML. A webhook whose signature is not
 Twilio's gets 403 before anything is read from it or published (see signatures).
 """
 
-import asyncio
 import logging
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 from starlette.datastructures import FormData
 
 from services.telephony.calls import Kept, call_session, checked_id
@@ -20,6 +18,7 @@ from services.telephony.privacy import caller_hash
 from services.telephony.settings import TelephonySettings
 from services.telephony.twiml import APOLOGY, FAREWELL_APOLOGY, NOT_HEARD, TwiML
 from shared.asking import AskError
+from shared.broker import redis_state
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,6 @@ VERSION = "2.0.0"
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 # CallStatus values after which the call is over (the last status callback).
 ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
-HEALTH_PING_TIMEOUT_S = 1.0
 
 router = APIRouter()
 
@@ -47,19 +45,14 @@ class HealthResponse(BaseModel):
 
 @router.get("/health", response_model=HealthResponse)
 async def health(redis: RedisDep, calls: CallsDep, settings: SettingsDep) -> JSONResponse:
-    try:
-        async with asyncio.timeout(HEALTH_PING_TIMEOUT_S):
-            await redis.ping()
-        redis_state = "ok"
-    except (RedisError, OSError, TimeoutError):
-        redis_state = "unreachable"
+    reachable = await redis_state(redis)
     replies = calls.reply_reader_state
-    healthy = redis_state == "ok" and replies == "ok"
+    healthy = reachable == "ok" and replies == "ok"
     body = HealthResponse(
         status="healthy" if healthy else "degraded",
         service="telephony",
         version=VERSION,
-        redis=redis_state,
+        redis=reachable,
         replies=replies,
         mode=settings.twilio_mode,
         signatures_checked=settings.signatures_checked,

@@ -7,7 +7,12 @@ import pytest
 from playwright.async_api import Browser
 
 from tests.browser.conftest import SPOKEN, Stack, Watched, open_app
-from tests.browser.test_pwa import last_turn, snapshots_until_done, until_searchable
+from tests.browser.test_pwa import (
+    last_turn,
+    press_talk,
+    snapshots_until_done,
+    until_searchable,
+)
 from tests.support.redis_server import local_redis
 from tests.support.services import running
 from tests.support.wer import word_error_rate, words
@@ -44,12 +49,7 @@ async def test_hold_speak_read_the_reply_as_it_streams_and_find_it_again(
 ) -> None:
     app = page_on_embedded
     page = app.page
-    talk = page.get_by_role("button", name="Hold to talk")
-    box = await talk.bounding_box()
-    assert box is not None
-    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    await page.mouse.down()
-    await page.locator(".recording-state.on").wait_for()
+    await press_talk(page)
     await page.wait_for_timeout(7500)
     await page.mouse.up()
 

@@ -78,15 +78,20 @@ async def session_of(page: Page) -> str:
     return str(json.loads(await page.evaluate("localStorage.getItem('lva:session')")))
 
 
-async def test_holding_talk_sends_speech_and_the_reply_streams_in(app: Watched) -> None:
-    page = app.page
-    talk = page.get_by_role("button", name="Hold to talk")
-    box = await talk.bounding_box()
+async def press_talk(page: Page) -> Locator:
+    """Press (and keep holding) the talk button; the recording state, once shown."""
+    box = await page.get_by_role("button", name="Hold to talk").bounding_box()
     assert box is not None
     await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     await page.mouse.down()
     recording = page.locator(".recording-state.on")
     await recording.wait_for()
+    return recording
+
+
+async def test_holding_talk_sends_speech_and_the_reply_streams_in(app: Watched) -> None:
+    page = app.page
+    recording = await press_talk(page)
     await asyncio.sleep(2.0)
     # While recording: elapsed time, and a level that moves with the speech.
     assert "Recording 0:0" in (await recording.inner_text())
