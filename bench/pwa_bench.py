@@ -11,13 +11,15 @@
 """
 
 import asyncio
+import functools
 import tempfile
 import time
 from pathlib import Path
 
 from playwright.async_api import Browser, Page, async_playwright
 
-from bench.report import Row, Section, Spread, fmt
+from bench.report import Row, Section, spread_row
+from bench.system_bench import service_env
 from services.gateway.frontend import Frontend
 from tests.browser.conftest import chromium_path
 from tests.support.redis_server import local_redis
@@ -113,12 +115,7 @@ async def in_browser(runs: int) -> dict[str, list[float]] | None:
     if path is None:
         return None
     with tempfile.TemporaryDirectory(prefix="lva-pwa-bench-") as tmp, local_redis() as redis:
-        env = {
-            "REDIS_URL": redis.url,
-            "LLM_PROVIDER": "bench.instant_llm:InstantProvider",
-            "DATABASE_URL": f"sqlite:///{Path(tmp) / 'archive.db'}",
-            "LOG_LEVEL": "WARNING",
-        }
+        env = service_env(redis.url, Path(tmp) / "archive.db")
         with running(["archiver", "responder"], env, Path(tmp)):
             gateway = start_service("gateway", env, Path(tmp))
             try:
@@ -130,16 +127,6 @@ async def in_browser(runs: int) -> dict[str, list[float]] | None:
                         await browser.close()
             finally:
                 gateway.stop()
-
-
-def spread_row(metric: str, values: list[float], target_s: float | None = None) -> Row:
-    spread = Spread.of(values)
-    return Row(
-        f"{metric} (n={spread.count}), median / p95",
-        f"{fmt(spread.median * 1000, ' ms', 0)} / {fmt(spread.p95 * 1000, ' ms', 0)}",
-        f"median ≤ {target_s * 1000:g} ms" if target_s is not None else "",
-        spread.median <= target_s if target_s is not None else None,
-    )
 
 
 def run_pwa(quick: bool) -> list[Section]:
@@ -162,12 +149,13 @@ def run_pwa(quick: bool) -> list[Section]:
     if found is None:
         notes.append("Chromium is not installed (make browser): the browser rows were skipped.")
     else:
+        ms_row = functools.partial(spread_row, unit="ms", digits=0)
         rows += [
-            spread_row("first visit → connected", found["cold"], OPEN_TARGET_S),
-            spread_row("return visit → connected", found["warm"], OPEN_TARGET_S),
-            spread_row("offline open → app shown", found["offline"], OPEN_TARGET_S),
-            spread_row("typed, Enter → first words on screen", found["first"],
-                       FIRST_WORDS_TARGET_S),
-            spread_row("typed, Enter → whole reply on screen", found["whole"]),
+            ms_row("first visit → connected", found["cold"], OPEN_TARGET_S),
+            ms_row("return visit → connected", found["warm"], OPEN_TARGET_S),
+            ms_row("offline open → app shown", found["offline"], OPEN_TARGET_S),
+            ms_row("typed, Enter → first words on screen", found["first"],
+                   FIRST_WORDS_TARGET_S),
+            ms_row("typed, Enter → whole reply on screen", found["whole"]),
         ]  # fmt: skip
     return [Section("pwa", "The PWA in Chromium", rows, notes)]

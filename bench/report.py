@@ -165,3 +165,19 @@ def write_results(sections: Sequence[Section], commands: Sequence[str]) -> Path:
     latest = RESULTS_DIR / "latest.md"
     latest.write_text("\n".join(header) + "\n" + "\n".join(parts), encoding="utf-8")
     return latest
+
+
+def spread_row(
+    metric: str, seconds: Sequence[float], target_s: float | None = None, *,
+    unit: str = "s", digits: int = 2,
+) -> Row:  # fmt: skip
+    """A `median / p95` row of durations given in seconds, shown in `unit` (s or ms)."""
+    scale = 1000 if unit == "ms" else 1
+    spread = Spread.of(seconds)
+    return Row(
+        f"{metric} (n={spread.count}), median / p95",
+        f"{fmt(spread.median * scale, ' ' + unit, digits)} / "
+        f"{fmt(spread.p95 * scale, ' ' + unit, digits)}",
+        f"median ≤ {target_s * scale:g} {unit}" if target_s is not None else "",
+        spread.median <= target_s if target_s is not None else None,
+    )

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 from twilio.request_validator import RequestValidator
 
-from bench.report import Row, Section, Spread, fmt
+from bench.report import Section, spread_row
+from bench.system_bench import service_env
 from tests.support.redis_server import local_redis
 from tests.support.services import running
 
@@ -59,10 +60,7 @@ def run_telephony(quick: bool) -> list[Section]:
     runs = 20 if quick else 200
     with tempfile.TemporaryDirectory(prefix="lva-telephony-bench-") as tmp, local_redis() as redis:
         env = {
-            "REDIS_URL": redis.url,
-            "LLM_PROVIDER": "bench.instant_llm:InstantProvider",
-            "DATABASE_URL": f"sqlite:///{Path(tmp) / 'archive.db'}",
-            "LOG_LEVEL": "WARNING",
+            **service_env(redis.url, Path(tmp) / "archive.db"),
             "TWILIO_AUTH_TOKEN": TOKEN,
             "PHONE_HASH_SECRET": "bench-secret",
             "PUBLIC_BASE_URL": PUBLIC,
@@ -70,20 +68,12 @@ def run_telephony(quick: bool) -> list[Section]:
         }
         with running(["archiver", "responder", "telephony"], env, Path(tmp)) as services:
             voice, speech = asyncio.run(measure(services["telephony"].base_url, runs))
-    rows = []
-    for metric, values, target in (
-        ("`/twilio/voice` → TwiML (the greeting)", voice, VOICE_TARGET_MS),
-        ("`/twilio/process-speech` → TwiML (the reply)", speech, SPEECH_TARGET_MS),
-    ):
-        spread = Spread.of(values)
-        rows.append(
-            Row(
-                f"{metric} (n={spread.count}), median / p95",
-                f"{fmt(spread.median, ' ms', 1)} / {fmt(spread.p95, ' ms', 1)}",
-                f"median ≤ {target:g} ms",
-                spread.median <= target,
-            )
-        )
+    rows = [
+        spread_row("`/twilio/voice` → TwiML (the greeting)", [ms / 1000 for ms in voice],
+                   VOICE_TARGET_MS / 1000, unit="ms", digits=1),
+        spread_row("`/twilio/process-speech` → TwiML (the reply)", [ms / 1000 for ms in speech],
+                   SPEECH_TARGET_MS / 1000, unit="ms", digits=1),
+    ]  # fmt: skip
     notes = [
         "Signed requests (X-Twilio-Signature, checked), one kept-alive connection, one "
         "call at a time; archiver, responder (instant model) and telephony as "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.report import Row, Section, Spread, fmt
+from bench.report import Row, Section, Spread, fmt, spread_row
 from services.transcriber.audio import load_clip
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt.local_whisper import LocalWhisperSTT
@@ -120,16 +120,6 @@ def whole_exchange(runs: int) -> tuple[Streamed, Streamed]:
         with running(names, env, Path(tmp)) as services:
             url = services["gateway"].base_url.replace("http://", "ws://", 1) + "/ws/voice-bench"
             return asyncio.run(time_exchanges(url, runs))
-
-
-def spread_row(metric: str, values: list[float], target_s: float | None = None) -> Row:
-    spread = Spread.of(values)
-    return Row(
-        f"{metric} (n={spread.count}), median / p95",
-        f"{fmt(spread.median, ' s')} / {fmt(spread.p95, ' s')}",
-        f"median ≤ {target_s} s" if target_s is not None else "",
-        spread.median <= target_s if target_s is not None else None,
-    )
 
 
 def run_voice(quick: bool) -> list[Section]:

@@ -52,7 +52,7 @@ def content_type(path: str) -> str:
     return CONTENT_TYPES.get(PurePosixPath(path).suffix.lower(), DEFAULT_CONTENT_TYPE)
 
 
-def fingerprint(files: Mapping[str, bytes]) -> str:
+def content_version(files: Mapping[str, bytes]) -> str:
     """First 12 hex digits of a sha256 over the files, in the order of their paths."""
     digest = hashlib.sha256()
     for path in sorted(files):
@@ -144,7 +144,7 @@ class Frontend:
     def __init__(self, files: Mapping[str, bytes], values: Mapping[str, str] | None = None) -> None:
         """`files`: bytes by path relative to the PWA's folder, with `/` between parts;
         `values`: more placeholders for the documents (the server's limits, say)."""
-        self.version = fingerprint(files)
+        self.version = content_version(files)
         self._values = dict(values or {})
         self.asset_base = f"{ASSET_PREFIX}/{self.version}"
         self._assets = {
