@@ -1,11 +1,13 @@
 """Wiring of the archiver worker: the only process that opens the database.
 
 It stores `exchange.completed` events in batches (one transaction per read of the
-stream) and answers search, history and stats queries from the gateway.
+stream), applies to them what telephony learns of a call later (`call.events`:
+a reply talked over, a recording), and answers search, history and stats queries
+from the gateway.
 """
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
@@ -16,6 +18,7 @@ from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings
 from shared.events import (
     AnyArchiveQuery,
+    AnyCallEvent,
     ErrorReply,
     ExchangeCompleted,
     HistoryQuery,
@@ -26,13 +29,23 @@ from shared.events import (
     StatsReply,
 )
 from shared.replies import ReplySender
-from shared.streams import ARCHIVE_QUERIES, DEAD_LETTERS, EXCHANGE_COMPLETED, Groups
+from shared.streams import (
+    ARCHIVE_QUERIES,
+    CALL_EVENTS,
+    DEAD_LETTERS,
+    EXCHANGE_COMPLETED,
+    Groups,
+)
 from shared.worker import Worker
 
 SERVICE = "archiver"
 log = logging.getLogger(__name__)
 
 _query_adapter: TypeAdapter[AnyArchiveQuery] = TypeAdapter(AnyArchiveQuery)
+_exchange_adapter: TypeAdapter[ExchangeCompleted] = TypeAdapter(ExchangeCompleted)
+_call_event_adapter: TypeAdapter[AnyCallEvent] = TypeAdapter(AnyCallEvent)
+
+T = TypeVar("T")
 
 
 class _Runtime:
@@ -58,6 +71,33 @@ async def answer(archive: Archive, query: AnyArchiveQuery) -> Reply:
     )
 
 
+async def readable(
+    broker: RedisBroker,
+    settings: ArchiverSettings,
+    stream: str,
+    bodies: list[Any],
+    adapter: TypeAdapter[T],
+) -> list[T]:
+    """The entries of a batch read from `stream` that `adapter` accepts.
+
+    The others go to dead.letters at once: one unreadable entry must not hold
+    back the batch it arrived in, and no redelivery would make it readable.
+    """
+    accepted: list[T] = []
+    for body in bodies:
+        try:
+            accepted.append(adapter.validate_python(body))
+        except ValidationError as exc:
+            log.error("unreadable %s entry moved to %s: %s", stream, DEAD_LETTERS, exc)
+            await broker.publish(
+                body,
+                stream=DEAD_LETTERS,
+                maxlen=settings.stream_maxlen,
+                headers={"lva-stream": stream, "lva-reason": str(exc)[:500]},
+            )
+    return accepted
+
+
 def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
     worker = Worker(settings, SERVICE)
     broker = worker.broker
@@ -73,22 +113,27 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
         )
     )
     async def on_exchanges(bodies: list[Any]) -> None:
-        exchanges: list[ExchangeCompleted] = []
-        for body in bodies:
-            try:
-                exchanges.append(ExchangeCompleted.model_validate(body))
-            except ValidationError as exc:
-                # One unreadable entry must not hold back the batch it arrived in.
-                log.error("unreadable exchange moved to %s: %s", DEAD_LETTERS, exc)
-                await broker.publish(
-                    body,
-                    stream=DEAD_LETTERS,
-                    maxlen=settings.stream_maxlen,
-                    headers={"lva-stream": EXCHANGE_COMPLETED, "lva-reason": str(exc)[:500]},
-                )
+        exchanges = await readable(broker, settings, EXCHANGE_COMPLETED, bodies, _exchange_adapter)
         if exchanges:
             added = await rt.archive.save_many(exchanges)
             log.debug("archived %d of %d exchanges (rest already stored)", added, len(exchanges))
+
+    # Its own stream, not exchange.completed: telephony learns these after the
+    # exchange was published, and the archive applies them in either order.
+    @broker.subscriber(
+        stream=StreamSub(
+            CALL_EVENTS,
+            group=Groups.ARCHIVER,
+            consumer=settings.instance_id,
+            batch=True,
+            max_records=settings.archive_batch_size,
+        )
+    )
+    async def on_call_events(bodies: list[Any]) -> None:
+        events = await readable(broker, settings, CALL_EVENTS, bodies, _call_event_adapter)
+        if events:
+            added = await rt.archive.save_call_events(events)
+            log.debug("archived %d of %d call events (rest already stored)", added, len(events))
 
     # A query is acknowledged on receipt: if this replica dies while answering, the
     # gateway's deadline already tells the learner, and a late answer helps nobody.

@@ -17,6 +17,16 @@ as is and is migrated in place (see `ensure_schema`). Additions:
   old tokens stay in the index. The updated row is still found by its old
   words and the deleted one by all of its words (the integration tests show
   it).
+
+Schema version 2 adds what telephony learns of a call after its exchanges were
+written (stream `call.events`), kept in tables of their own because it may
+arrive before the exchange it concerns:
+
+- `heard`: what the caller heard of a reply they talked over, by the exchange's
+  event_id. It becomes the capture's `agent_text`; the text as written moves to
+  its metadata (`interrupted.written_text`);
+- `recordings`: Twilio's recordings of a call, by session; each capture of the
+  call lists them in its metadata (`recordings`).
 """
 
 import logging
@@ -43,8 +53,12 @@ _WRITER_CACHE_KIB = -262144
 # captures: 7,500 -> 8,900 captures/s.
 _WAL_CHECKPOINT_PAGES = 10_000
 
-# PRAGMA user_version once the v2 schema is in place.
-SCHEMA_VERSION = 1
+# PRAGMA user_version once the current schema is in place.
+SCHEMA_VERSION = 2
+# A file below this version gets its FTS index rebuilt and its counters
+# recounted; one at or above it keeps them: rebuilding a large index takes
+# seconds per 100,000 captures, and version 2 added only new tables.
+_FTS_VERSION = 1
 
 # v1's FTS triggers; they must go, or rows would be indexed twice (insert) and
 # the index corrupted (update/delete).
@@ -141,6 +155,27 @@ WHEN old.session_id IS NOT new.session_id BEGIN
             - (NOT EXISTS (SELECT 1 FROM captures WHERE session_id = old.session_id))
     WHERE id = 1;
 END;
+
+-- Rows stay once applied: a redelivered event is then known as stored, and
+-- an exchange written later (or again) still gets them.
+-- `received`: the event's occurred_at (when telephony learned it), UTC like
+-- captures.timestamp.
+CREATE TABLE IF NOT EXISTS heard (
+    event_id TEXT PRIMARY KEY,
+    heard_text TEXT NOT NULL,
+    heard_ms INTEGER,
+    received DATETIME
+);
+
+CREATE TABLE IF NOT EXISTS recordings (
+    recording_sid TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    duration_s INTEGER,
+    received DATETIME
+);
+
+CREATE INDEX IF NOT EXISTS idx_recordings_session_id ON recordings(session_id);
 """
 
 
@@ -204,12 +239,12 @@ async def _execute_script(conn: aiosqlite.Connection, script: str) -> None:
 async def ensure_schema(conn: aiosqlite.Connection) -> None:
     """Create the schema, or bring a v1 (or older v2) database up to date.
 
-    Idempotent and done in one transaction. In a file that has not reached
-    SCHEMA_VERSION yet (new, or written by v1) the derived objects are made
-    afresh: the triggers, and the FTS table, whose index is rebuilt from
-    `captures` (v1's triggers may have corrupted it, and its table lacks the
-    prefix index); the counters are computed by one full scan. Later opens
-    skip all of that.
+    Idempotent and done in one transaction. Tables and indexes missing from the
+    file are created. Below SCHEMA_VERSION the triggers are made afresh from
+    their current definitions (cheap); below _FTS_VERSION (new, or written by
+    v1) so is the FTS table, whose index is rebuilt from `captures` (v1's
+    triggers may have corrupted it, and its table lacks the prefix index), and
+    the counters are computed by one full scan. Later opens skip all of that.
     """
     await conn.execute("BEGIN IMMEDIATE")
     try:
@@ -220,13 +255,15 @@ async def ensure_schema(conn: aiosqlite.Connection) -> None:
             await conn.execute("ALTER TABLE captures ADD COLUMN event_id TEXT")
         async with conn.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
-        upgrade = (int(row[0]) if row else 0) < SCHEMA_VERSION
+        version = int(row[0]) if row else 0
+        upgrade = version < SCHEMA_VERSION
+        rebuild = version < _FTS_VERSION
         for trigger in (*_V1_TRIGGERS, *(_TRIGGERS if upgrade else ())):
             await conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-        if upgrade:
+        if rebuild:
             await conn.execute("DROP TABLE IF EXISTS captures_fts")
         await _execute_script(conn, _SCHEMA)
-        if upgrade:
+        if rebuild:
             # Seconds per 100,000 captures: worth a line when a v1 file is big.
             log.info("building the archive's full-text index and counters")
             await conn.execute("INSERT INTO captures_fts(captures_fts) VALUES ('rebuild')")
@@ -234,6 +271,7 @@ async def ensure_schema(conn: aiosqlite.Connection) -> None:
                 "INSERT OR REPLACE INTO capture_stats (id, total_captures, unique_sessions) "
                 "SELECT 1, count(*), count(DISTINCT session_id) FROM captures"
             )
+        if upgrade:
             await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         await conn.execute("COMMIT")
     except BaseException:

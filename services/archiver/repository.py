@@ -3,6 +3,10 @@
 One writer connection and a small pool of read connections, each an aiosqlite
 connection with its own thread, so SQLite work never runs on the event loop.
 WAL lets the readers answer search/history/stats while a batch is written.
+
+What telephony learns of a call later (a reply talked over, a recording) is
+stored apart and applied to the captures it concerns, whichever of the two
+arrives first (see db).
 """
 
 import asyncio
@@ -10,19 +14,26 @@ import json
 import logging
 import re
 import sqlite3
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import aiosqlite
 
 from services.archiver import db, search
 from services.archiver.fts_query import split_terms
 from services.archiver.settings import ArchiverSettings
-from shared.events import ExchangeCompleted, HistoryItem, SearchHit
+from shared.events import (
+    CallRecorded,
+    ExchangeCompleted,
+    HistoryItem,
+    ReplyInterrupted,
+    SearchHit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,70 @@ VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (event_id) DO NOTHING
 """
 
+# The batch's ids and sessions travel as one JSON array: no limit on the
+# number of SQL variables, and one statement whatever the batch size.
+_HEARD_FOR = """
+SELECT event_id, heard_text, heard_ms FROM heard
+WHERE event_id IN (SELECT value FROM json_each(?))
+"""
+
+# rowid: in the order they were stored, as _ADD_RECORDING appends them.
+_RECORDINGS_FOR = """
+SELECT session_id, recording_sid, url, duration_s FROM recordings
+WHERE session_id IN (SELECT value FROM json_each(?))
+ORDER BY rowid
+"""
+
+# Only a new or different interruption changes the row (rowcount 1).
+_UPSERT_HEARD = """
+INSERT INTO heard (event_id, heard_text, heard_ms, received)
+VALUES (:event_id, :heard_text, :heard_ms, :received)
+ON CONFLICT (event_id) DO UPDATE SET
+    heard_text = excluded.heard_text, heard_ms = excluded.heard_ms, received = excluded.received
+WHERE heard_text IS NOT excluded.heard_text OR heard_ms IS NOT excluded.heard_ms
+"""
+
+_INSERT_RECORDING = """
+INSERT INTO recordings (recording_sid, session_id, url, duration_s, received)
+VALUES (:sid, :session_id, :url, :duration_s, :received)
+ON CONFLICT (recording_sid) DO NOTHING
+"""
+
+# A capture's metadata as a JSON object. Every row this archive writes has one;
+# v1 rows may have NULL, taken as {}. Anything else (a hand edit) is replaced:
+# json_set would reject it, and fail the whole batch of call events with it.
+_METADATA = """(CASE
+    WHEN NOT json_valid(coalesce(metadata, '')) THEN '{}'
+    WHEN json_type(metadata) = 'object' THEN metadata
+    ELSE '{}' END)"""
+
+# SET expressions see the row as it was: `agent_text` in the metadata is the
+# text before the cut. One cut already there keeps its written_text, or a
+# second interruption would record the cut text as the written one.
+_CUT_REPLY = f"""
+UPDATE captures SET
+    agent_text = :heard_text,
+    metadata = json_set({_METADATA}, '$.interrupted', json_object(
+        'heard_ms', :heard_ms,
+        'written_text',
+        coalesce(json_extract({_METADATA}, '$.interrupted.written_text'), agent_text)
+    ))
+WHERE event_id = :event_id
+"""
+
+_ADD_RECORDING = f"""
+UPDATE captures SET
+    metadata = json_set({_METADATA}, '$.recordings', json_insert(
+        coalesce(json_extract({_METADATA}, '$.recordings'), json_array()),
+        '$[#]',
+        json_object('sid', :sid, 'url', :url, 'duration_s', :duration_s)
+    ))
+WHERE session_id = :session_id AND NOT EXISTS (
+    SELECT 1 FROM json_each({_METADATA}, '$.recordings')
+    WHERE json_extract(value, '$.sid') = :sid
+)
+"""
+
 _HISTORY = """
 SELECT id, timestamp, user_text, agent_text, metadata
 FROM captures
@@ -53,6 +128,25 @@ _STATS = """
 SELECT s.total_captures, s.unique_sessions, (SELECT max(timestamp) FROM captures)
 FROM capture_stats AS s WHERE s.id = 1
 """
+
+
+CallEvent = ReplyInterrupted | CallRecorded
+
+
+class _Row(NamedTuple):
+    """One capture as _INSERT takes it."""
+
+    event_id: str
+    session_id: str
+    timestamp: str
+    user_text: str
+    agent_text: str
+    metadata: str
+
+
+class _Heard(NamedTuple):
+    text: str
+    ms: int | None
 
 
 def clean_text(text: str) -> str:
@@ -92,8 +186,8 @@ def _metadata(exchange: ExchangeCompleted) -> str:
     return json.dumps(metadata)
 
 
-def _row(exchange: ExchangeCompleted) -> tuple[str, str, str, str, str, str]:
-    return (
+def _row(exchange: ExchangeCompleted) -> _Row:
+    return _Row(
         exchange.event_id,
         exchange.session_id,
         format_timestamp(exchange.occurred_at),
@@ -101,6 +195,73 @@ def _row(exchange: ExchangeCompleted) -> tuple[str, str, str, str, str, str]:
         clean_text(exchange.agent_text),
         _metadata(exchange),
     )
+
+
+def _amended(row: _Row, heard: _Heard | None, recordings: list[dict[str, object]]) -> _Row:
+    """`row` as _CUT_REPLY and _ADD_RECORDING would have left it, had it been stored
+    before the call events that concern it."""
+    if heard is None and not recordings:
+        return row
+    metadata = json.loads(row.metadata)
+    agent_text = row.agent_text
+    if heard is not None:
+        metadata["interrupted"] = {"heard_ms": heard.ms, "written_text": row.agent_text}
+        agent_text = heard.text
+    if recordings:
+        metadata["recordings"] = recordings
+    return row._replace(agent_text=agent_text, metadata=json.dumps(metadata))
+
+
+async def _with_call_events(writer: aiosqlite.Connection, rows: list[_Row]) -> list[_Row]:
+    """`rows` amended with the call events stored before them."""
+    event_ids = json.dumps([row.event_id for row in rows])
+    heard = {
+        event_id: _Heard(text, ms)
+        for event_id, text, ms in await writer.execute_fetchall(_HEARD_FOR, (event_ids,))
+    }
+    sessions = json.dumps(sorted({row.session_id for row in rows}))
+    recordings: defaultdict[str, list[dict[str, object]]] = defaultdict(list)
+    for session_id, sid, url, duration_s in await writer.execute_fetchall(
+        _RECORDINGS_FOR, (sessions,)
+    ):
+        recordings[session_id].append({"sid": sid, "url": url, "duration_s": duration_s})
+    if not heard and not recordings:
+        # The usual batch: nothing was told of its exchanges before they came.
+        return rows
+    return [
+        _amended(row, heard.get(row.event_id), recordings.get(row.session_id, [])) for row in rows
+    ]
+
+
+async def _save_interruption(writer: aiosqlite.Connection, event: ReplyInterrupted) -> int:
+    params = {
+        "event_id": event.in_reply_to,
+        "heard_text": clean_text(event.heard_text),
+        "heard_ms": event.heard_ms,
+        "received": format_timestamp(event.occurred_at),
+    }
+    async with writer.execute(_UPSERT_HEARD, params) as cursor:
+        if cursor.rowcount == 0:
+            # Stored before, and applied in the same transaction (or by
+            # save_many, to an exchange that came later).
+            return 0
+    await writer.execute(_CUT_REPLY, params)
+    return 1
+
+
+async def _save_recording(writer: aiosqlite.Connection, event: CallRecorded) -> int:
+    params = {
+        "sid": clean_text(event.recording_sid),
+        "session_id": event.session_id,
+        "url": clean_text(event.recording_url),
+        "duration_s": event.duration_s,
+        "received": format_timestamp(event.occurred_at),
+    }
+    async with writer.execute(_INSERT_RECORDING, params) as cursor:
+        if cursor.rowcount == 0:
+            return 0
+    await writer.execute(_ADD_RECORDING, params)
+    return 1
 
 
 def _is_fts_query_error(error: sqlite3.OperationalError) -> bool:
@@ -210,31 +371,60 @@ class Archive:
             raise RuntimeError("archive is not open")
         return self._writer
 
-    async def save_many(self, exchanges: Sequence[ExchangeCompleted]) -> int:
-        """Store `exchanges` in one transaction; return how many were new.
-
-        An exchange whose event_id is already stored (a redelivery) is skipped,
-        so saving the same batch twice stores it once.
-        """
-        if not exchanges:
-            return 0
-        rows = [_row(exchange) for exchange in exchanges]
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer in a transaction, committed at the end or rolled back on error."""
         async with self._write_lock:
             writer = self._writer_conn()
             await writer.execute("BEGIN IMMEDIATE")
             try:
-                cursor = await writer.executemany(_INSERT, rows)
-                # rowcount sums the rows each INSERT changed (skipped ones: 0);
-                # rows written by triggers are not counted.
-                inserted = cursor.rowcount
-                await cursor.close()
+                yield writer
                 await writer.execute("COMMIT")
             except BaseException:
                 # Some errors (disk full, ...) have rolled back already.
                 if writer.in_transaction:
                     await writer.execute("ROLLBACK")
                 raise
+
+    async def save_many(self, exchanges: Sequence[ExchangeCompleted]) -> int:
+        """Store `exchanges` in one transaction; return how many were new.
+
+        An exchange whose event_id is already stored (a redelivery) is skipped,
+        so saving the same batch twice stores it once. Call events stored before
+        it (see save_call_events) are applied to it as it is written.
+        """
+        if not exchanges:
+            return 0
+        rows = [_row(exchange) for exchange in exchanges]
+        async with self._transaction() as writer:
+            rows = await _with_call_events(writer, rows)
+            cursor = await writer.executemany(_INSERT, rows)
+            # rowcount sums the rows each INSERT changed (skipped ones: 0);
+            # rows written by triggers are not counted.
+            inserted = cursor.rowcount
+            await cursor.close()
         return inserted
+
+    async def save_call_events(self, events: Sequence[CallEvent]) -> int:
+        """Store `events` in one transaction; return how many were new.
+
+        Each is applied to the captures it concerns that are stored already;
+        save_many applies it to those that come later. An interruption makes
+        what the caller heard the capture's `agent_text` (the text as written
+        goes to metadata `interrupted`), a recording is listed in the metadata
+        `recordings` of every capture of its call. An event stored before (a
+        redelivery) changes nothing.
+        """
+        if not events:
+            return 0
+        added = 0
+        async with self._transaction() as writer:
+            for event in events:
+                if isinstance(event, ReplyInterrupted):
+                    added += await _save_interruption(writer, event)
+                else:
+                    added += await _save_recording(writer, event)
+        return added
 
     async def search(self, query: str, limit: int) -> list[SearchHit]:
         """Matches of `query`, best first by BM25, at most `limit` of them.

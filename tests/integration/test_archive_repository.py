@@ -7,13 +7,14 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.archiver import db, search
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings, database_path
-from shared.events import ExchangeCompleted
+from shared.events import CallRecorded, ExchangeCompleted, ReplyInterrupted
 
 T0 = datetime(2025, 11, 21, 10, 30, tzinfo=UTC)
 
@@ -78,6 +79,11 @@ END;
 
 FILLER = " ".join(f"filler{i}" for i in range(60))
 
+# A phone call's session, as telephony names it, and a reply the caller talked over.
+CALL = "twilio_CA0123456789abcdef"
+WRITTEN = "Photosynthesis turns light into sugar. Chlorophyll absorbs the red light."
+HEARD = "Photosynthesis turns light"
+
 
 def exchange(
     user_text: str,
@@ -98,6 +104,34 @@ def exchange(
         responder="r-1",
         **extra,
     )
+
+
+def interrupted(event_id: str, heard_text: str, heard_ms: int | None = 1800) -> ReplyInterrupted:
+    return ReplyInterrupted(
+        session_id=CALL,
+        source="twilio",
+        occurred_at=T0,
+        in_reply_to=event_id,
+        heard_text=heard_text,
+        heard_ms=heard_ms,
+    )
+
+
+def recorded(sid: str, duration_s: int | None = 42, *, session_id: str = "") -> CallRecorded:
+    return CallRecorded(
+        session_id=session_id or CALL,
+        source="twilio",
+        occurred_at=T0,
+        recording_sid=sid,
+        recording_url=f"https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/{sid}",
+        duration_s=duration_s,
+    )
+
+
+def listed(sid: str, duration_s: int | None = 42) -> dict[str, Any]:
+    """A recording as a capture's metadata lists it."""
+    url = recorded(sid).recording_url
+    return {"sid": sid, "url": url, "duration_s": duration_s}
 
 
 @pytest.fixture
@@ -324,6 +358,140 @@ async def test_index_stays_consistent_after_plain_sql_changes(archive: Archive) 
     assert [h.id for h in await archive.search("glaciers", 5)] == [2]
 
 
+def captured(path: Path, event_id: str) -> tuple[str, dict[str, Any]]:
+    """(agent_text, metadata) of the capture of `event_id`."""
+    conn = plain_sql(path)
+    row = conn.execute(
+        "SELECT agent_text, metadata FROM captures WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    conn.close()
+    assert row is not None, event_id
+    return row[0], json.loads(row[1])
+
+
+def call_exchange(event_id: str, agent_text: str = WRITTEN) -> ExchangeCompleted:
+    return exchange("how do plants eat?", agent_text, session_id=CALL, event_id=event_id)
+
+
+@pytest.mark.parametrize("interruption_first", [True, False])
+async def test_an_interrupted_reply_is_stored_as_heard_in_either_order(
+    archive: Archive, interruption_first: bool
+) -> None:
+    # The control character is cleaned like any stored text.
+    cut = interrupted("call-1", "Photosynthesis\x02 turns light")
+    if interruption_first:
+        assert await archive.save_call_events([cut]) == 1
+    assert await archive.save_many([call_exchange("call-1"), call_exchange("call-2")]) == 2
+    if not interruption_first:
+        assert await archive.save_call_events([cut]) == 1
+
+    agent_text, metadata = captured(archive.path, "call-1")
+    assert agent_text == HEARD
+    assert metadata["interrupted"] == {"heard_ms": 1800, "written_text": WRITTEN}
+    assert metadata["source"] == "api"
+    agent_text, metadata = captured(archive.path, "call-2")
+    assert agent_text == WRITTEN
+    assert "interrupted" not in metadata
+
+    # The index follows: the heard words find it, the unheard ones only the other.
+    await archive.integrity_check()
+    (other,) = await archive.search("chlorophyll", 10)
+    assert other.agent_text == WRITTEN
+    assert {h.agent_text for h in await archive.search("photosynthesis", 10)} == {HEARD, WRITTEN}
+
+
+async def test_an_interruption_applied_twice_keeps_the_written_text(archive: Archive) -> None:
+    await archive.save_many([call_exchange("call-1")])
+    assert await archive.save_call_events([interrupted("call-1", HEARD)]) == 1
+    assert await archive.save_call_events([interrupted("call-1", HEARD)] * 2) == 0
+    assert await archive.save_many([call_exchange("call-1")]) == 0
+    agent_text, metadata = captured(archive.path, "call-1")
+    assert agent_text == HEARD
+    assert metadata["interrupted"] == {"heard_ms": 1800, "written_text": WRITTEN}
+    # A different account of the same cut replaces the first, over the written text.
+    assert await archive.save_call_events([interrupted("call-1", "Photosynthesis", None)]) == 1
+    agent_text, metadata = captured(archive.path, "call-1")
+    assert agent_text == "Photosynthesis"
+    assert metadata["interrupted"] == {"heard_ms": None, "written_text": WRITTEN}
+    await archive.integrity_check()
+    assert await archive.search("light", 10) == []
+
+
+async def test_an_interruption_stored_first_is_not_applied_twice(archive: Archive) -> None:
+    assert await archive.save_call_events([interrupted("call-1", HEARD)]) == 1
+    await archive.save_many([call_exchange("call-1")])
+    assert await archive.save_call_events([interrupted("call-1", HEARD)]) == 0
+    agent_text, metadata = captured(archive.path, "call-1")
+    assert (agent_text, metadata["interrupted"]["written_text"]) == (HEARD, WRITTEN)
+
+
+async def test_an_interruption_of_a_row_without_metadata(archive: Archive) -> None:
+    # v1 rows may have NULL metadata; a hand-edited one may not be JSON at all.
+    conn = plain_sql(archive.path)
+    conn.executemany(
+        "INSERT INTO captures (event_id, session_id, user_text, agent_text, metadata) "
+        "VALUES (?, ?, 'hi', ?, ?)",
+        [("null-meta", CALL, WRITTEN, None), ("bad-meta", CALL, WRITTEN, "not json")],
+    )
+    conn.close()
+    cuts = [interrupted("null-meta", HEARD), interrupted("bad-meta", HEARD)]
+    assert await archive.save_call_events([*cuts, recorded("RE1")]) == 3
+    expected = {
+        "interrupted": {"heard_ms": 1800, "written_text": WRITTEN},
+        "recordings": [listed("RE1")],
+    }
+    assert captured(archive.path, "null-meta") == (HEARD, expected)
+    assert captured(archive.path, "bad-meta") == (HEARD, expected)
+    await archive.integrity_check()
+
+
+@pytest.mark.parametrize("recorded_before", [0, 1, 2])
+async def test_recordings_reach_every_capture_of_their_call_in_any_order(
+    archive: Archive, recorded_before: int
+) -> None:
+    recordings = [recorded("RE1"), recorded("RE2", None)]
+    assert await archive.save_call_events(recordings[:recorded_before]) == recorded_before
+    exchanges = [call_exchange("call-1"), call_exchange("call-2"), exchange("web", event_id="web")]
+    assert await archive.save_many(exchanges) == 3
+    assert await archive.save_call_events(recordings[recorded_before:]) == 2 - recorded_before
+
+    expected = [listed("RE1"), listed("RE2", None)]
+    for event_id in ("call-1", "call-2"):
+        assert captured(archive.path, event_id)[1]["recordings"] == expected
+    assert "recordings" not in captured(archive.path, "web")[1]
+    # Written before or after them, a later exchange of the call gets both.
+    await archive.save_many([call_exchange("call-3")])
+    assert captured(archive.path, "call-3")[1]["recordings"] == expected
+
+
+async def test_a_recording_is_stored_once(archive: Archive) -> None:
+    await archive.save_many([call_exchange("call-1")])
+    assert await archive.save_call_events([recorded("RE1"), recorded("RE1")]) == 1
+    assert await archive.save_call_events([recorded("RE1")]) == 0
+    # The same sid under another session is the same recording: ignored.
+    assert await archive.save_call_events([recorded("RE1", session_id="twilio_other")]) == 0
+    assert captured(archive.path, "call-1")[1]["recordings"] == [listed("RE1")]
+    conn = plain_sql(archive.path)
+    rows = conn.execute("SELECT recording_sid, session_id, duration_s FROM recordings").fetchall()
+    conn.close()
+    assert rows == [("RE1", CALL, 42)]
+
+
+async def test_interruptions_and_recordings_together_in_either_order(tmp_path: Path) -> None:
+    events: list[ReplyInterrupted | CallRecorded] = [interrupted("call-1", HEARD), recorded("RE1")]
+    results = []
+    for name, first in (("events-first", True), ("exchange-first", False)):
+        async with Archive(tmp_path / f"{name}.db") as archive:
+            if first:
+                await archive.save_call_events(events)
+            await archive.save_many([call_exchange("call-1")])
+            if not first:
+                await archive.save_call_events(events)
+            results.append(captured(archive.path, "call-1"))
+    assert results[0] == results[1]
+    assert results[0][1]["recordings"] == [listed("RE1")]
+
+
 def make_v1_database(path: Path) -> None:
     conn = plain_sql(path)
     conn.executescript(V1_SCHEMA)
@@ -383,12 +551,81 @@ async def test_v1_database_is_migrated(tmp_path: Path) -> None:
         await archive.save_many([exchange("new glaciers", session_id="v1-b", event_id="e1")])
         assert await archive.stats() == (3, 2, "2025-11-21T10:30:00")
         assert len(await archive.search("glaciers", 5)) == 2
+        assert await archive.save_call_events([recorded("RE1", session_id="v1-b")]) == 1
     conn = plain_sql(path)
     triggers = {
         row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
     }
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    metadata = [
+        json.loads(row[0]) for row in conn.execute("SELECT metadata FROM captures ORDER BY id")
+    ]
     conn.close()
     assert not triggers & {"captures_ai", "captures_ad", "captures_au"}
+    assert metadata == [
+        {"source": "api"},
+        {"source": "twilio", "recordings": [listed("RE1")]},
+        {**metadata[2], "recordings": [listed("RE1")]},
+    ]
+
+
+def fts_blocks(path: Path) -> list[tuple[int, bytes]]:
+    """The FTS index as stored: a rebuild writes it anew, as a single segment."""
+    conn = plain_sql(path)
+    blocks = conn.execute("SELECT id, block FROM captures_fts_data ORDER BY id").fetchall()
+    conn.close()
+    return blocks
+
+
+async def schema_version_1_file(path: Path) -> None:
+    """A file as SCHEMA_VERSION 1 left it: today's, without the call tables."""
+    async with Archive(path) as archive:
+        await archive.save_many([exchange("about volcanoes", WRITTEN, event_id="e1")])
+        await archive.save_many([exchange("about glaciers", session_id="s2", event_id="e2")])
+    conn = plain_sql(path)
+    conn.executescript("DROP TABLE heard; DROP TABLE recordings; PRAGMA user_version = 1;")
+    conn.close()
+
+
+async def test_a_schema_version_1_file_gets_the_call_tables_and_keeps_its_index(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "version-1.db"
+    await schema_version_1_file(path)
+    blocks = fts_blocks(path)
+    for _ in range(2):
+        async with Archive(path) as archive:
+            await archive.integrity_check()
+            assert await archive.stats() == (2, 2, "2025-11-21T10:30:00")
+            assert [h.user_text for h in await archive.search("volcanoes", 5)] == [
+                "about volcanoes"
+            ]
+    assert fts_blocks(path) == blocks
+    conn = plain_sql(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert {"heard", "recordings", "idx_recordings_session_id", "captures_fts_au"} <= names
+
+    async with Archive(path) as archive:
+        assert await archive.save_call_events([interrupted("e1", HEARD)]) == 1
+        await archive.integrity_check()
+        assert await archive.search("chlorophyll", 5) == []
+    assert captured(path, "e1")[0] == HEARD
+
+
+async def test_a_file_older_than_the_fts_version_has_its_index_rebuilt(tmp_path: Path) -> None:
+    # The contrast that shows fts_blocks would notice a rebuild.
+    path = tmp_path / "version-0.db"
+    await schema_version_1_file(path)
+    conn = plain_sql(path)
+    conn.execute("PRAGMA user_version = 0")
+    conn.close()
+    blocks = fts_blocks(path)
+    async with Archive(path) as archive:
+        await archive.integrity_check()
+        assert len(await archive.search("glaciers", 5)) == 1
+    assert fts_blocks(path) != blocks
 
 
 async def test_reads_are_not_blocked_by_an_open_write(archive: Archive) -> None:
