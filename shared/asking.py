@@ -217,6 +217,13 @@ class Conversations:
         except (RedisError, OSError) as exc:
             raise unavailable(exc) from exc
 
+    async def tell(self, stream: str, event: Event) -> None:
+        """Publish `event`, which nobody answers (what the archive should know)."""
+        try:
+            await self._router.publish(stream, event)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+
     async def end(self, session_id: str, source: Source) -> SummaryReply:
         event = SessionEndRequested(
             session_id=session_id,

@@ -121,6 +121,38 @@ class ExchangeCompleted(Event):
     caller: str | None = None
 
 
+# What telephony learns about a call after its exchanges were written, for the
+# archive (stream `call.events`). Each is idempotent: stored once however often
+# it is delivered, and in whichever order it meets the exchange it concerns.
+
+
+class ReplyInterrupted(Event):
+    """The caller talked over a reply: they heard only `heard_text` of it.
+
+    `in_reply_to` is the utterance's event id (the exchange's `event_id`). The
+    archive keeps what the caller heard as the exchange's `agent_text`.
+    """
+
+    kind: Literal["interrupted"] = "interrupted"
+    in_reply_to: str
+    heard_text: str
+    # Twilio's durationUntilInterruptMs: how long the reply had been spoken.
+    heard_ms: int | None = Field(default=None, ge=0)
+
+
+class CallRecorded(Event):
+    """Twilio finished a recording of the call (its recording status callback)."""
+
+    kind: Literal["recorded"] = "recorded"
+    recording_sid: str = Field(min_length=1, max_length=64)
+    recording_url: str = Field(min_length=1, max_length=2048)
+    # Seconds; None when Twilio sent none.
+    duration_s: int | None = Field(default=None, ge=0)
+
+
+AnyCallEvent = Annotated[ReplyInterrupted | CallRecorded, Field(discriminator="kind")]
+
+
 # Replies: sent by a worker to the `reply_to` stream of the asking instance.
 
 
@@ -156,6 +188,9 @@ class DeltaReply(Reply):
 
     kind: Literal["delta"] = "delta"
     text: str
+    # Set by the asking instance on the piece that came with the whole reply: the
+    # reply follows at once, so a telephone voice can be told this piece ends it.
+    last: bool = False
 
 
 class SummaryReply(Reply):

@@ -232,9 +232,7 @@ class ReplyRouter:
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._broker.publish(
-                        message, stream=stream, maxlen=self._settings.stream_maxlen
-                    )
+                    await self.publish(stream, message)
             except TimeoutError as exc:
                 raise ReplyTimeoutError(request_id) from exc
             while True:
@@ -246,7 +244,9 @@ class ReplyRouter:
                     reply, after = coalesce_pieces(reply, queue)
                     if isinstance(after, ConversationReply) and after.last_piece:
                         # The last piece came with the reply: one piece, then the reply.
-                        reply = reply.model_copy(update={"text": reply.text + after.last_piece})
+                        reply = reply.model_copy(
+                            update={"text": reply.text + after.last_piece, "last": True}
+                        )
                         after = after.model_copy(update={"last_piece": None})
                     yield reply
                     if after is None:
@@ -257,6 +257,7 @@ class ReplyRouter:
                         in_reply_to=reply.in_reply_to,
                         session_id=reply.session_id,
                         text=reply.last_piece,
+                        last=True,
                     )
                     reply = reply.model_copy(update={"last_piece": None})
                 yield reply
@@ -264,6 +265,11 @@ class ReplyRouter:
                     return
         finally:
             self._pending.pop(request_id, None)
+
+    async def publish(self, stream: str, message: BaseModel) -> None:
+        """Publish `message` to `stream`, expecting no reply (a RedisError if it
+        could not be)."""
+        await self._broker.publish(message, stream=stream, maxlen=self._settings.stream_maxlen)
 
     async def request(
         self, stream: str, message: BaseModel, request_id: str, timeout: float

@@ -12,6 +12,8 @@ UTTERANCE_RECEIVED: Final = "utterance.received"
 SESSION_END_REQUESTED: Final = "session.end_requested"
 EXCHANGE_COMPLETED: Final = "exchange.completed"
 ARCHIVE_QUERIES: Final = "archive.queries"
+# What telephony learns of a call after the fact (a reply cut short, a recording).
+CALL_EVENTS: Final = "call.events"
 # Messages a worker gave up on after too many deliveries, kept for an operator.
 DEAD_LETTERS: Final = "dead.letters"
 
@@ -78,3 +80,8 @@ class Keys:
         """The reply to a caller's utterance (or that it is still awaited), kept so
         that whichever telephony instance Twilio's next webhook reaches can say it."""
         return f"twilio:{session_id}:reply:{event_id}"
+
+    @staticmethod
+    def twilio_ended(session_id: str) -> str:
+        """Set once the call's session is ended, so it is ended (summarised) once."""
+        return f"twilio:{session_id}:ended"

@@ -35,6 +35,8 @@ PICK_UP_POLL_S = 0.1
 # What the instance that asked may take beyond REPLY_TIMEOUT to record its failure,
 # before another instance stops waiting for it (it may have died).
 OWNER_GRACE_S = 3.0
+# How long a call is remembered as ended (its status callback comes within seconds).
+ENDED_TTL_S = 24 * 3600
 
 
 class Kept(BaseModel):
@@ -85,6 +87,10 @@ class Calls:
     @property
     def reply_reader_state(self) -> str:
         return self._conversations.reply_reader_state
+
+    @property
+    def conversations(self) -> Conversations:
+        return self._conversations
 
     def _key(self, session_id: str, event_id: str) -> str:
         return Keys.twilio_reply(session_id, event_id)
@@ -176,11 +182,26 @@ class Calls:
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 
+    async def claim_end(self, session_id: str) -> bool:
+        """Whether ending `session_id` falls to the caller of this: a call is ended
+        once, by whichever comes first of a goodbye, the relay closing and Twilio's
+        status callback (which may reach another instance)."""
+        try:
+            claimed = await self._redis.set(
+                Keys.twilio_ended(session_id), "1", ex=ENDED_TTL_S, nx=True
+            )
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+        return bool(claimed)
+
     async def _end(self, session_id: str) -> None:
         running = [task for session, task in self._running.values() if session == session_id]
         if running:
             await asyncio.wait(running, timeout=self._settings.reply_timeout)
         try:
+            if not await self.claim_end(session_id):
+                log.info("call %s was ended already", session_id)
+                return
             summary = await self._conversations.end(session_id, "twilio")
         except AskError as exc:
             log.warning("could not end %s: %s", session_id, exc.reason)

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.telephony import errors, webhooks
+from services.telephony import errors, relay, webhooks
 from services.telephony.calls import Calls
 from services.telephony.settings import TelephonySettings, local_mode_warning, refusal
 from services.telephony.signatures import Signatures
@@ -66,6 +66,7 @@ def create_app(settings: TelephonySettings) -> FastAPI:
     app.state.twiml = TwiML(settings)
     errors.install(app)
     app.include_router(webhooks.router)
+    app.include_router(relay.router)
     return app
 
 

@@ -23,8 +23,31 @@ class TelephonySettings(CommonSettings):
     # plus the path and query. Behind a TLS-terminating proxy the URL the service sees
     # differs (http, another host or port). Unset: the request's own URL.
     public_base_url: str | None = None
-    # `gather`: v1's <Gather> webhooks. `relay` (ConversationRelay) is not built yet.
+    # `gather`: v1's <Gather> webhooks, a request per turn, works on every account.
+    # `relay`: ConversationRelay, one WebSocket per call, the reply spoken as it is
+    # written and the caller able to talk over it (see services/telephony/relay.py).
     twilio_mode: Literal["gather", "relay"] = "gather"
+    # The SharedKey secret of a Twilio Webhooks rule, for webhooks Twilio signs with
+    # HMAC-SHA256 (X-Twilio-Webhooks-Signature-Settings) instead of the Auth Token.
+    twilio_webhook_shared_key: str | None = None
+    # Record calls (<Start><Recording>) and keep each recording's SID, URL and
+    # length with the call's exchanges. Off: recording callers needs their consent.
+    twilio_record_calls: bool = False
+    # Times in a row the caller may say nothing (or nothing clear) before the call
+    # ends politely, rather than re-prompting an empty line forever.
+    max_reprompts: int = 3
+    # ConversationRelay: seconds to wait for Twilio's `setup` message after the
+    # WebSocket opens, and the largest message accepted from it.
+    relay_setup_timeout: float = 10.0
+    relay_max_message_bytes: int = 64 * 1024
+    # Words a second the caller hears (Twilio's voices speak about 2.5): after the
+    # goodbye and summary, the call ends once they are likely heard, at most this
+    # many seconds later.
+    relay_goodbye_wait_max: float = 20.0
+    # ConversationRelay's voice (e.g. en-US-Journey-O for Google, Joanna-Neural for
+    # Amazon); unset: Twilio's default for the language.
+    relay_voice: str | None = None
+    relay_tts_provider: str | None = None
     # Seconds to wait for the companion's reply to one utterance, over every webhook
     # that waits for it; then the caller hears an apology.
     reply_timeout: float = 30.0
@@ -43,7 +66,8 @@ class TelephonySettings(CommonSettings):
     # Key of the HMAC that stands for a caller's number in logs, events and the
     # archive. Required with a token; in local mode a fixed development value.
     phone_hash_secret: str | None = None
-    # Clips' bytes in Redis (a later relay mode may send audio); unused in gather mode.
+    # Clips' bytes in Redis, for the shared asking code: Twilio transcribes calls
+    # itself, so telephony sends text only.
     audio_ttl: int = 300
 
     @property
@@ -74,11 +98,8 @@ def is_loopback(host: str) -> bool:
 
 def refusal(settings: TelephonySettings) -> str | None:
     """Why the service must not start with these settings (None: it may)."""
-    if settings.twilio_mode == "relay":
-        return (
-            "TWILIO_MODE=relay (ConversationRelay) is not built yet; "
-            "set TWILIO_MODE=gather (the default)"
-        )
+    if settings.max_reprompts < 1:
+        return "MAX_REPROMPTS must be at least 1"
     if settings.public_base_url:
         parts = urlsplit(settings.public_base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -1,4 +1,5 @@
-"""Twilio's webhooks in Gather mode (v1's contract), and /health.
+"""Twilio's webhooks (Gather mode: v1's contract; the answer to a call in relay
+mode; recordings and the call's end in both), and /health.
 
 Twilio posts a form; every answer is TwiML. A webhook whose signature is not
 Twilio's gets 403 before anything is read from it or published (see signatures).
@@ -8,7 +9,7 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
 from services.telephony.calls import Kept, call_session, checked_id
@@ -16,9 +17,17 @@ from services.telephony.deps import CallsDep, RedisDep, SettingsDep, SignedForm,
 from services.telephony.errors import twiml_response
 from services.telephony.privacy import caller_hash
 from services.telephony.settings import TelephonySettings
-from services.telephony.twiml import APOLOGY, FAREWELL_APOLOGY, NOT_HEARD, TwiML
+from services.telephony.twiml import (
+    APOLOGY,
+    FAREWELL_APOLOGY,
+    NOT_HEARD,
+    SILENT_FAREWELL,
+    TwiML,
+)
 from shared.asking import AskError
 from shared.broker import redis_state
+from shared.events import CallRecorded
+from shared.streams import CALL_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,16 @@ def _caller(form: FormData, settings: TelephonySettings) -> str | None:
     return caller_hash(_field(form, "From"), settings.hash_secret)
 
 
+def _silent(request: Request) -> int:
+    """Turns in a row that heard nothing clear, as the URL Twilio follows counts them."""
+    value = request.query_params.get("silent", "")
+    return int(value) if value.isdigit() and len(value) < 4 else 0
+
+
+def _whole_seconds(value: str) -> int | None:
+    return int(value) if value.isdigit() and len(value) < 10 else None
+
+
 def _confidence(value: str) -> float | None:
     """Twilio's Confidence (0 to 1); None when it sent none (some speech models do
     not), which counts as heard."""
@@ -95,14 +114,22 @@ def _answer(twiml: TwiML, session_id: str, event_id: str, kept: Kept, *, first: 
 async def voice(
     request: Request, form: SignedForm, settings: SettingsDep, twiml: TwiMLDep
 ) -> Response:
-    """A call comes in: the greeting at once (no broker or model before it)."""
+    """A call comes in: the greeting at once (no broker or model before it); in
+    relay mode, the ConversationRelay that greets the caller."""
     session = _session(request, form)
     if session is None:
         log.warning("a call without a usable CallSid: ended")
         return twiml_response(twiml.farewell(FAREWELL_APOLOGY))
     if "session_id" not in request.query_params:
         log.info("call %s from caller %s", session, _caller(form, settings) or "unknown")
-    return twiml_response(twiml.greeting(session))
+    if settings.twilio_mode == "relay":
+        base = settings.public_base_url or str(request.base_url)
+        return twiml_response(twiml.relay(session, base))
+    silent = _silent(request)
+    if silent >= settings.max_reprompts:
+        log.info("%s: nothing heard after the greeting %d times, hung up", session, silent)
+        return twiml_response(twiml.farewell(SILENT_FAREWELL))
+    return twiml_response(twiml.greeting(session, silent=silent))
 
 
 @router.post("/twilio/process-speech")
@@ -118,8 +145,12 @@ async def process_speech(
     confidence = _confidence(_field(form, "Confidence"))
     if not speech or (confidence is not None and confidence < settings.min_confidence):
         why = "nothing heard" if not speech else f"confidence {confidence:.2f}"
+        silent = _silent(request) + 1
+        if silent >= settings.max_reprompts:
+            log.info("%s: %s, %d times in a row: hung up", session, why, silent)
+            return twiml_response(twiml.farewell(SILENT_FAREWELL))
         log.info("%s: %s, asked again", session, why)
-        return twiml_response(twiml.turn(session, NOT_HEARD))
+        return twiml_response(twiml.turn(session, NOT_HEARD, silent=silent))
     try:
         event_id, kept = await calls.ask(
             session,
@@ -158,4 +189,56 @@ async def status(request: Request, form: SignedForm, calls: CallsDep, twiml: Twi
     if call_status in ENDED and session is not None:
         log.info("call %s is over (%s)", session, call_status)
         calls.end_later(session)
+    return twiml_response(twiml.empty())
+
+
+@router.post("/twilio/relay-ended")
+async def relay_ended(
+    request: Request, form: SignedForm, settings: SettingsDep, twiml: TwiMLDep
+) -> Response:
+    """Twilio's `<Connect action>`: the ConversationRelay session is over. Ended by
+    us (a goodbye): hang up. Failed (Twilio could not reach or keep the WebSocket):
+    the call goes on in Gather mode rather than dropping the caller."""
+    session = _session(request, form)
+    status = _field(form, "SessionStatus")
+    if session is not None and status in ("failed", "error") and not _field(form, "HandoffData"):
+        log.warning("%s: the relay session %s; the call goes on in gather mode", session, status)
+        return twiml_response(twiml.turn(session, APOLOGY))
+    return twiml_response(twiml.hang_up())
+
+
+@router.post("/twilio/recording")
+async def recording(
+    request: Request, form: SignedForm, calls: CallsDep, twiml: TwiMLDep
+) -> Response:
+    """Twilio's recording status callback: a finished recording is kept, by
+    reference (its SID and URL), with the call's exchanges in the archive."""
+    session = _session(request, form)
+    sid = _field(form, "RecordingSid")
+    url = _field(form, "RecordingUrl")
+    status = _field(form, "RecordingStatus") or "completed"
+    if session is None or not sid or not url:
+        log.warning("a recording callback without a call, RecordingSid or RecordingUrl: ignored")
+        return twiml_response(twiml.empty())
+    if status != "completed":
+        log.info("%s: recording %s is %s", session, sid, status)
+        return twiml_response(twiml.empty())
+    try:
+        event = CallRecorded(
+            session_id=session,
+            source="twilio",
+            recording_sid=sid,
+            recording_url=url,
+            duration_s=_whole_seconds(_field(form, "RecordingDuration")),
+        )
+    except ValidationError as exc:
+        log.warning("%s: an unusable recording callback ignored: %s", session, exc)
+        return twiml_response(twiml.empty())
+    try:
+        await calls.conversations.tell(CALL_EVENTS, event)
+    except AskError as exc:
+        # Not 2xx: Twilio retries a callback that failed.
+        log.warning("%s: recording %s not kept yet: %s", session, sid, exc.reason)
+        return Response(exc.reason, status_code=503, media_type="text/plain")
+    log.info("%s: recording %s (%s s) kept", session, sid, event.duration_s)
     return twiml_response(twiml.empty())

@@ -19,16 +19,15 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-import redis
 from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
 from services.telephony.privacy import caller_hash
-from services.telephony.twiml import APOLOGY, GREETING, HOLD, NOT_HEARD
+from services.telephony.twiml import APOLOGY, GREETING, HOLD, NOT_HEARD, SILENT_FAREWELL
 from shared.streams import UTTERANCE_RECEIVED, Keys
 from tests.support.redis_server import local_redis
 from tests.support.services import ROOT, ServiceProcess, running, start_service
-from tests.support.stack import archived, base_env, eventually
+from tests.support.stack import archived, base_env, eventually, everything_in_redis
 from tests.wire.openai_server import OpenAIWireServer
 
 TOKEN = "test-auth-token-0123456789abcdef"
@@ -231,33 +230,6 @@ async def test_signed_webhooks_pass_and_forged_ones_get_403_and_publish_nothing(
     assert await keys.xlen(UTTERANCE_RECEIVED) == published + 1
 
 
-def everything_in_redis(url: str) -> bytes:
-    """Every key name and value in Redis, as one blob to search (values read by
-    type: DUMP compresses, and would hide what it holds)."""
-    blob = bytearray()
-    with redis.Redis.from_url(url) as client:
-        for key in client.scan_iter(count=1000):
-            blob += key + b"\n"
-            kind = client.type(key)
-            if kind == b"string":
-                blob += client.get(key) or b""
-            elif kind == b"stream":
-                for entry_id, fields in client.xrange(key):
-                    blob += entry_id + b"".join(k + v for k, v in fields.items())
-            elif kind == b"hash":
-                blob += b"".join(k + v for k, v in client.hgetall(key).items())
-            elif kind == b"list":
-                blob += b"".join(client.lrange(key, 0, -1))
-            elif kind == b"set":
-                blob += b"".join(client.smembers(key))
-            elif kind == b"zset":
-                blob += b"".join(m for m, _ in client.zrange(key, 0, -1, withscores=True))
-            else:
-                raise AssertionError(f"{key!r} is a {kind!r}: search it too")
-            blob += b"\n"
-    return bytes(blob)
-
-
 async def test_a_whole_call_is_archived_and_the_number_is_nowhere(
     stack: Stack, echo: OpenAIWireServer, keys: Redis
 ) -> None:
@@ -376,9 +348,30 @@ async def test_unclear_speech_is_asked_again_without_the_model(
     path = speech_path("twilio_CAunclear")
     answer = twiml(await webhook(stack.telephony, path, call("CAunclear", **speech)))
     assert said(answer) == [NOT_HEARD]
-    assert answer.find("Gather") is not None and redirect_of(answer) == path
+    assert answer.find("Gather") is not None and redirect_of(answer) == path + "&silent=1"
     assert await keys.xlen(UTTERANCE_RECEIVED) == published
     assert chat_requests(echo) == 0
+
+
+async def test_a_silent_line_is_hung_up_after_max_reprompts(
+    stack: Stack, echo: OpenAIWireServer
+) -> None:
+    """Nothing heard, MAX_REPROMPTS (3) times in a row: the call ends politely,
+    whether the silence follows the greeting or a reply."""
+    sid = "CAsilent"
+    root = twiml(await webhook(stack.telephony, "/twilio/voice", call(sid)))
+    for _ in range(3):
+        assert root.find("Gather") is not None and root.find("Hangup") is None
+        root = twiml(await webhook(stack.telephony, redirect_of(root), call(sid)))
+    assert said(root) == [SILENT_FAREWELL] and root.find("Hangup") is not None
+
+    path = speech_path(f"twilio_{sid}")
+    root = twiml(await webhook(stack.telephony, path, call(sid, SpeechResult="Hello there")))
+    for _ in range(3):
+        assert root.find("Hangup") is None
+        root = twiml(await webhook(stack.telephony, redirect_of(root), call(sid)))
+    assert said(root) == [SILENT_FAREWELL] and root.find("Hangup") is not None
+    assert chat_requests(echo) == 1
 
 
 async def test_a_reply_nobody_awaits_is_an_apology_not_an_error(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import websockets
 
 from tests.support.services import ServiceProcess
@@ -96,3 +97,30 @@ async def ws_session(
     """One connection saying `texts` one after the other; every answer, in order."""
     async with websockets.connect(ws_url(gateway, session), max_size=None) as ws:
         return [await ws_ask(ws, {"type": "text", "text": t}, timeout) for t in texts]
+
+
+def everything_in_redis(url: str) -> bytes:
+    """Every key name and value in Redis, as one blob to search (values read by
+    type: DUMP compresses, and would hide what it holds)."""
+    blob = bytearray()
+    with redis.Redis.from_url(url) as client:
+        for key in client.scan_iter(count=1000):
+            blob += key + b"\n"
+            kind = client.type(key)
+            if kind == b"string":
+                blob += client.get(key) or b""
+            elif kind == b"stream":
+                for entry_id, fields in client.xrange(key):
+                    blob += entry_id + b"".join(k + v for k, v in fields.items())
+            elif kind == b"hash":
+                blob += b"".join(k + v for k, v in client.hgetall(key).items())
+            elif kind == b"list":
+                blob += b"".join(client.lrange(key, 0, -1))
+            elif kind == b"set":
+                blob += b"".join(client.smembers(key))
+            elif kind == b"zset":
+                blob += b"".join(m for m, _ in client.zrange(key, 0, -1, withscores=True))
+            else:
+                raise AssertionError(f"{key!r} is a {kind!r}: search it too")
+            blob += b"\n"
+    return bytes(blob)
