@@ -32,6 +32,11 @@ from tests.wire.openai_server import OpenAIWireServer
 
 TOKEN = "test-auth-token-0123456789abcdef"
 SECRET = "test-phone-hash-secret"
+# The secret of a Twilio Webhooks rule that signs with HMAC-SHA256 instead.
+SHARED_KEY = "test-webhooks-shared-key"
+SIGNING_SETTINGS = {
+    "X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_test,algorithm=HMAC_SHA256"
+}
 PUBLIC = "https://voice.example.test"
 NUMBER = "+15551234567"
 # The number as it may be written anywhere: E.164, without the +, national.
@@ -76,6 +81,7 @@ def stack(llm: OpenAIWireServer, tmp_path_factory: pytest.TempPathFactory) -> It
             "TWILIO_AUTH_TOKEN": TOKEN,
             "PHONE_HASH_SECRET": SECRET,
             "PUBLIC_BASE_URL": PUBLIC,
+            "TWILIO_WEBHOOK_SHARED_KEY": SHARED_KEY,
         }
         with running(["archiver", "responder", "telephony"], env, tmp) as services:
             slow_env = {**env, "REPLY_DEADLINE": str(SLOW_DEADLINE_S)}
@@ -228,6 +234,37 @@ async def test_signed_webhooks_pass_and_forged_ones_get_403_and_publish_nothing(
     answered = twiml(await webhook(telephony, path, params))
     assert is_reply(answered, "Tell me about tides"), said(answered)
     assert await keys.xlen(UTTERANCE_RECEIVED) == published + 1
+
+
+async def test_webhooks_signed_with_a_shared_key_and_sha256_pass_and_others_do_not(
+    stack: Stack, keys: Redis
+) -> None:
+    params = call("CAshared")
+    url = PUBLIC + "/twilio/voice"
+    sha256 = str(RequestValidator(SHARED_KEY).compute_signature(url, params, "HMAC_SHA256"))
+    ok = await webhook(
+        stack.telephony, "/twilio/voice", params, signature=sha256, headers=SIGNING_SETTINGS
+    )
+    assert GREETING in said(twiml(ok))
+    forged = {
+        # The Auth Token's SHA-1 signature, sent as if a rule had signed it.
+        "the token's SHA-1 under a rule": webhook(
+            stack.telephony, "/twilio/voice", params, headers=SIGNING_SETTINGS
+        ),
+        # The rule's signature without the header that says so.
+        "SHA-256 without the settings header": webhook(
+            stack.telephony, "/twilio/voice", params, signature=sha256
+        ),
+        "an algorithm nobody knows": webhook(
+            stack.telephony,
+            "/twilio/voice",
+            params,
+            signature=sha256,
+            headers={"X-Twilio-Webhooks-Signature-Settings": "key=k,algorithm=HMAC_MD5"},
+        ),
+    }
+    for what, response in zip(forged, await asyncio.gather(*forged.values()), strict=True):
+        assert response.status_code == 403, what
 
 
 async def test_a_whole_call_is_archived_and_the_number_is_nowhere(
