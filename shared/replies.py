@@ -47,6 +47,8 @@ HEARTBEAT_S = 5.0
 STALE_AFTER_S = 300.0
 READ_BLOCK_MS = 1000
 READ_BATCH = 500
+# A member of the registry that is no reply stream (its score never goes stale).
+REGISTRY_MARK = "(registry)"
 # The reader counts as running while its last read returned this recently.
 READER_STALE_S = READ_BLOCK_MS / 1000 * 5
 
@@ -306,11 +308,14 @@ class ReplyRouter:
         """Register (again) and refresh this instance's reply stream; sweep dead ones."""
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
+            # The registry outlives its last member: once every instance stopped, a
+            # late reply finds it and is dropped, rather than taken for a flush.
+            pipe.zadd(REPLY_STREAMS, {REGISTRY_MARK: "+inf"})
             pipe.zadd(REPLY_STREAMS, {self.stream: now})
             # A reply written while the registry was lost set an expiry: it is ours.
             pipe.persist(self.stream)
             pipe.zrangebyscore(REPLY_STREAMS, 0, now - STALE_AFTER_S)
-            added, _, stale = await pipe.execute()
+            _, added, _, stale = await pipe.execute()
         if added and self._tasks:
             log.warning(
                 "%s was no longer registered (Redis lost its data); registered again",

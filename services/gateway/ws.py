@@ -191,7 +191,11 @@ class Connection:
             await self.send({"type": "pong"}, answering)
             return
         if kind == "cancel":
-            await self._cancel(answering)
+            try:
+                await self._cancel(answering)
+            except AskError as exc:
+                # Redis is away: the reply may go on, the connection does.
+                await self.send(error(exc.code, exc.reason), answering)
             return
         if kind not in KNOWN_TYPES:
             allowed = ", ".join(KNOWN_TYPES)

@@ -7,6 +7,7 @@ which message it answers.
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ import pytest
 import websockets
 
 from tests.support.redis_server import RedisProcess, restartable_redis
-from tests.support.services import ServiceProcess, running
+from tests.support.services import ServiceProcess, running, start_service
 from tests.support.stack import (
     all_healthy,
     archived,
@@ -246,6 +247,27 @@ async def test_requests_while_redis_is_down_get_503_and_the_connection_stays_usa
                     "/api/conversation", json={"session_id": "outage", "text": "and REST"}
                 )
                 assert response.status_code == 200, response.text
+
+
+async def test_a_cancel_while_redis_is_down_is_refused_and_the_connection_stays(
+    tmp_path: Path,
+) -> None:
+    """No responder: the message stays in the works while Redis goes away, and the
+    learner's cancel of it cannot reach Redis."""
+    with restartable_redis(appendonly=True) as server:
+        env = {"REDIS_URL": server.url, "REPLY_TIMEOUT": "30", "REDIS_RETRIES": "3"}
+        gateway = start_service("gateway", env, tmp_path)
+        try:
+            async with websockets.connect(ws_url(gateway, "cancel-outage")) as ws:
+                await ws.send(json.dumps({"type": "text", "text": "hello", "id": "m1"}))
+                await asyncio.sleep(0.5)
+                server.stop()
+                answer = await ws_ask(ws, {"type": "cancel"}, 25)
+                assert answer["type"] == "error" and answer["code"] == "unavailable"
+                assert await ws_ask(ws, {"type": "ping"}, 10) == {"type": "pong"}
+        finally:
+            server.start()
+            gateway.stop()
 
 
 def test_the_restartable_server_keeps_data_only_with_aof() -> None:

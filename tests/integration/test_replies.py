@@ -77,3 +77,20 @@ async def test_the_owner_registers_again_and_keeps_its_stream(redis: Redis, redi
         await own.aclose()
     assert not await redis.exists(router.stream)
     assert await redis.zscore(REPLY_STREAMS, router.stream) is None
+
+
+async def test_a_late_reply_after_the_last_instance_stopped_creates_nothing(
+    redis: Redis, redis_url: str
+) -> None:
+    """The registry outlives its last member, so a reply that comes once every
+    instance has stopped is dropped, not taken for one written after a flush."""
+    config = settings(redis_url)
+    broker = make_broker(config, "gateway")
+    own = redis_client(config)
+    router = ReplyRouter(broker, own, config, "gateway")
+    await router.start()
+    await router.stop()
+    await own.aclose()
+    assert await redis.zscore(REPLY_STREAMS, router.stream) is None
+    assert not await ReplySender(redis, config).send(reply(), router.stream)
+    assert not await redis.exists(router.stream)
