@@ -12,7 +12,8 @@ rather than lost costs work, not correctness.
 A live consumer keeps what it holds: on every tick its reclaimer renews its own
 pending entries (XCLAIM ... JUSTID resets their idle time), so a slow model call
 or a long queue inside the process never looks like a dead consumer. Only entries
-it let go of (their handler raised, see `Leases`) age, and are reclaimed.
+it let go of (their handler raised, see `Leases`) age, and are reclaimed, and so
+does one held longer than MAX_HOLD_S: its handler is stuck, not slow.
 """
 
 import asyncio
@@ -47,8 +48,11 @@ class Leases:
     longer pending (reclaimed by a replica, or acknowledged).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_hold_s: float = 600.0) -> None:
         self._let_go: defaultdict[str, set[bytes]] = defaultdict(set)
+        self._max_hold_s = max_hold_s
+        # When this process first renewed each entry it holds (monotonic seconds).
+        self._since: defaultdict[str, dict[bytes, float]] = defaultdict(dict)
 
     def let_go(self, stream: str, ids: Sequence[bytes]) -> None:
         self._let_go[stream].update(ids)
@@ -85,6 +89,20 @@ class Leases:
             start = b"(" + held[-1]
         let_go = self._let_go.get(stream, set())
         let_go.intersection_update(held)
+        now = time.monotonic()
+        since = self._since[stream]
+        self._since[stream] = since = {i: since.get(i, now) for i in held}
+        stuck = {i for i, first in since.items() if now - first > self._max_hold_s}
+        if stuck - let_go:
+            log.warning(
+                "%s: %d entries held over %g s by a handler that does not finish; "
+                "they are left to be reclaimed",
+                stream,
+                len(stuck - let_go),
+                self._max_hold_s,
+            )
+            let_go.update(stuck)
+            self._let_go[stream] = let_go
         keep: list[Any] = [i for i in held if i not in let_go]
         for chunk in range(0, len(keep), _RENEW_BATCH):
             await redis.xclaim(

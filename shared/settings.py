@@ -53,6 +53,10 @@ class CommonSettings(BaseSettings):
     # live replica and delivered again: it outlasts any normal handling time.
     reclaim_idle_ms: int = 60_000
     reclaim_interval_s: float = 5.0
+    # A live consumer keeps what it holds for at most this long: a handler stuck
+    # past it (far beyond the model's timeouts and retries) is taken for stuck,
+    # and its message is reclaimed like a dead consumer's.
+    max_hold_s: float = 600.0
     # After this many deliveries a message goes to the dead-letter stream.
     max_deliveries: int = 5
     # How often a worker checks that its consumer groups exist and its subscribers

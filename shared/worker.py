@@ -70,7 +70,7 @@ class Worker:
     def __init__(self, settings: CommonSettings, service: str) -> None:
         self.settings = settings
         self.service = service
-        self.leases = Leases()
+        self.leases = Leases(max_hold_s=settings.max_hold_s)
         self.broker = make_broker(settings, service, middlewares=(self.leases.middleware(),))
         self.supervisor = Supervisor(self.broker, settings)
         self._redis: Redis | None = None

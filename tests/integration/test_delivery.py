@@ -4,11 +4,15 @@ but live consumer keeps the work it holds."""
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
 import redis
+import redis.asyncio
 
+from shared.delivery import Leases, Reclaimer
+from shared.settings import CommonSettings
 from shared.streams import DEAD_LETTERS
 from tests.support.services import start_service
 from tests.support.stack import archived, base_env, converse, eventually
@@ -95,3 +99,32 @@ async def test_a_slow_live_responder_keeps_its_message_and_answers_it_once(
     finally:
         for service in reversed(services):
             service.stop()
+
+
+async def test_an_entry_held_past_max_hold_is_left_to_be_reclaimed(redis_url: str) -> None:
+    """A live consumer renews what it holds, but not for ever: a handler stuck past
+    MAX_HOLD_S no longer keeps its message, which is then reclaimed."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    settings = CommonSettings(
+        _env_file=None, redis_url=redis_url, instance_id="stuck", reclaim_idle_ms=100
+    )
+    try:
+        await client.xgroup_create("work", "workers", id="0", mkstream=True)
+        await client.xadd("work", {"n": "1"})
+        await client.xreadgroup("workers", "stuck", {"work": ">"}, count=1)
+        leases = Leases(max_hold_s=0.5)
+        reclaimer = Reclaimer(client, settings, stream="work", group="workers", leases=leases)
+        await asyncio.sleep(0.2)
+        # Held and renewed: not idle, so not reclaimed.
+        await reclaimer.tick()
+        assert await client.xlen("work") == 1
+        await asyncio.sleep(0.5)
+        # Held too long: no longer renewed, idle past RECLAIM_IDLE_MS, delivered again.
+        await reclaimer.tick()
+        await asyncio.sleep(0.2)
+        await reclaimer.tick()
+        assert await client.xlen("work") == 2
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange("work"))
+        assert entries[-1][1][b"lva-failed"] == b"1"
+    finally:
+        await client.aclose()
