@@ -11,10 +11,12 @@ from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from opentelemetry import trace
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared import telemetry
 from shared.cancel import request_cancel
 from shared.events import (
     AudioReceived,
@@ -182,25 +184,49 @@ class Conversations:
         return event
 
     async def converse(
-        self, event: UtteranceReceived | AudioReceived
+        self, event: UtteranceReceived | AudioReceived, *, own_trace: bool = False
     ) -> AsyncGenerator[TranscriptReply | DeltaReply | ConversationReply, None]:
         """The replies to one thing the learner said: for a streaming asker, what
-        was heard and the reply's pieces, then always the whole reply."""
+        was heard and the reply's pieces, then always the whole reply.
+
+        The exchange is one span (`turn`), the parent of everything the workers do
+        for it; `own_trace` makes it a trace of its own, linked to the current span
+        (a connection that outlives many turns)."""
         stream = AUDIO_RECEIVED if isinstance(event, AudioReceived) else UTTERANCE_RECEIVED
         timeout = self._reply_timeout
+        span = telemetry.start_turn(event.session_id, event.source, own_trace=own_trace)
+        span.set_attribute("lva.input", "audio" if isinstance(event, AudioReceived) else "text")
         replies = self._router.exchange(stream, event, event.event_id, timeout)
         try:
             async with aclosing(replies):
-                async for reply in replies:
+                while True:
+                    # Current only while the next reply is awaited (the first await
+                    # publishes): a span made current across a yield would be
+                    # detached in another context when the caller stops early.
+                    with trace.use_span(span, end_on_exit=False):
+                        try:
+                            reply = await anext(replies)
+                        except StopAsyncIteration:
+                            return
                     if isinstance(reply, ErrorReply):
                         raise self._refusal(reply)
                     if not isinstance(reply, TranscriptReply | DeltaReply | ConversationReply):
                         raise AskError(
                             f"unexpected {reply.kind} reply", status=500, code="internal"
                         )
+                    if isinstance(reply, ConversationReply):
+                        span.set_attribute("lva.cancelled", reply.cancelled)
+                        span.set_attribute("gen_ai.response.intent", reply.intent)
                     yield reply
         except (RedisError, OSError, ReplyTimeoutError) as exc:
-            raise self._failure(exc, timeout) from exc
+            failure = self._failure(exc, timeout)
+            telemetry.failed(span, failure.code)
+            raise failure from exc
+        except AskError as exc:
+            telemetry.failed(span, exc.code)
+            raise
+        finally:
+            span.end()
 
     async def reply_to(self, event: UtteranceReceived | AudioReceived) -> ConversationReply:
         """The whole reply (v1's one answer)."""

@@ -6,6 +6,7 @@ Names and defaults of v1's environment variables are kept (REDIS_URL, REDIS_TTL,
 import os
 import socket
 import uuid
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,5 +63,13 @@ class CommonSettings(BaseSettings):
     # How often a worker checks that its consumer groups exist and its subscribers
     # run, recreating and restarting them after a Redis flush or an empty restart.
     supervise_interval_s: float = 1.0
-    # OTLP/HTTP endpoint of a trace collector (Jaeger :4318); unset: no export.
+    # Where traces go, as OpenTelemetry's own variables name it: a collector's
+    # base URL (Jaeger's http://localhost:4318 for http/protobuf, :4317 for grpc),
+    # or a traces-only endpoint used as given. Unset: no tracing at all.
     otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf", "grpc"] | None = None
+    # Put what the learner said and the companion answered on spans (off: the
+    # GenAI conventions' advice, spans are often kept longer and seen by more people).
+    otel_capture_content: bool = False

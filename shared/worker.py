@@ -18,6 +18,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
 from redis.asyncio import Redis
 
+from shared import telemetry
 from shared.broker import HEALTH_PING_TIMEOUT_S, make_broker, redis_client, wait_for_redis
 from shared.delivery import Leases, Reclaimer
 from shared.process import attach_server, exit_code
@@ -108,6 +109,8 @@ class Worker:
         await self._background.stop()
         if self._redis is not None:
             await self._redis.aclose()
+        # In a thread: the exporter's last send may wait on a collector.
+        await asyncio.to_thread(telemetry.shutdown_tracing)
 
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Healthy only with the broker connected, every subscriber running and

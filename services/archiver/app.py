@@ -12,8 +12,10 @@ from typing import Any, TypeVar
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream
 from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.annotations import RedisBatchStreamMessage
 from pydantic import TypeAdapter, ValidationError
 
+from services.archiver import tracing
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings
 from shared.events import (
@@ -76,17 +78,26 @@ async def readable(
     settings: ArchiverSettings,
     stream: str,
     bodies: list[Any],
+    message: RedisBatchStreamMessage,
     adapter: TypeAdapter[T],
-) -> list[T]:
-    """The entries of a batch read from `stream` that `adapter` accepts.
+) -> tuple[list[T], list[dict[str, Any]]]:
+    """The entries of a batch read from `stream` that `adapter` accepts, and the
+    headers of each (its trace).
 
     The others go to dead.letters at once: one unreadable entry must not hold
     back the batch it arrived in, and no redelivery would make it readable.
     """
     accepted: list[T] = []
-    for body in bodies:
+    carried: list[dict[str, Any]] = []
+    # One header dict per entry; a batch that came without (an older producer) has
+    # no trace to join.
+    headers = message.batch_headers
+    if len(headers) != len(bodies):
+        headers = [{} for _ in bodies]
+    for body, head in zip(bodies, headers, strict=True):
         try:
             accepted.append(adapter.validate_python(body))
+            carried.append(head)
         except ValidationError as exc:
             log.error("unreadable %s entry moved to %s: %s", stream, DEAD_LETTERS, exc)
             await broker.publish(
@@ -95,7 +106,7 @@ async def readable(
                 maxlen=settings.stream_maxlen,
                 headers={"lva-stream": stream, "lva-reason": str(exc)[:500]},
             )
-    return accepted
+    return accepted, carried
 
 
 def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
@@ -112,10 +123,13 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
             max_records=settings.archive_batch_size,
         )
     )
-    async def on_exchanges(bodies: list[Any]) -> None:
-        exchanges = await readable(broker, settings, EXCHANGE_COMPLETED, bodies, _exchange_adapter)
+    async def on_exchanges(bodies: list[Any], message: RedisBatchStreamMessage) -> None:
+        exchanges, carried = await readable(
+            broker, settings, EXCHANGE_COMPLETED, bodies, message, _exchange_adapter
+        )
         if exchanges:
-            added = await rt.archive.save_many(exchanges)
+            with tracing.writing("archive.write", exchanges, carried):
+                added = await rt.archive.save_many(exchanges)
             log.debug("archived %d of %d exchanges (rest already stored)", added, len(exchanges))
 
     # Its own stream, not exchange.completed: telephony learns these after the
@@ -129,10 +143,13 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
             max_records=settings.archive_batch_size,
         )
     )
-    async def on_call_events(bodies: list[Any]) -> None:
-        events = await readable(broker, settings, CALL_EVENTS, bodies, _call_event_adapter)
+    async def on_call_events(bodies: list[Any], message: RedisBatchStreamMessage) -> None:
+        events, carried = await readable(
+            broker, settings, CALL_EVENTS, bodies, message, _call_event_adapter
+        )
         if events:
-            added = await rt.archive.save_call_events(events)
+            with tracing.writing("archive.amend", events, carried):
+                added = await rt.archive.save_call_events(events)
             log.debug("archived %d of %d call events (rest already stored)", added, len(events))
 
     # A query is acknowledged on receipt: if this replica dies while answering, the
@@ -160,7 +177,9 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
             return
         reply: Reply
         try:
-            reply = await answer(rt.archive, query)
+            session = query.session_id if isinstance(query, HistoryQuery) else None
+            with tracing.querying(query.kind, session):
+                reply = await answer(rt.archive, query)
         except Exception:
             log.exception("archive query %s failed", query.kind)
             reply = ErrorReply(

@@ -1,5 +1,6 @@
 """Gateway: REST and WebSocket for learners; publishes events, never calls a model."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from services.gateway.limits import BodySizeLimit
 from services.gateway.memory import ConnectionGauge
 from services.gateway.security import SecurityHeaders
 from services.gateway.settings import GatewaySettings
+from shared import telemetry
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
 from shared.replies import ReplyRouter
@@ -40,6 +42,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await replies.stop()
             await broker.stop()
             await redis.aclose()
+            await asyncio.to_thread(telemetry.shutdown_tracing)
             await app.state.connections.aclose()
 
     app = FastAPI(title="Learning Voice Agent gateway", version=api.VERSION, lifespan=lifespan)
@@ -57,6 +60,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     # Added last, so outermost: refusals (413) and CORS preflights carry the headers too.
     app.add_middleware(SecurityHeaders)
     errors.install(app)
+    telemetry.instrument_app(app, settings, SERVICE)
     app.include_router(api.router)
     app.include_router(ws.router)
     app.include_router(frontend.router)

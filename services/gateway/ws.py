@@ -48,6 +48,7 @@ from services.gateway.messages import error, reply_body
 from services.gateway.replay import RENEW_EVERY_S, AnswerLog
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import InputError
+from shared import telemetry
 from shared.asking import AskError, timed_out, unavailable
 from shared.events import AudioReceived, ConversationReply, UtteranceReceived, new_id
 
@@ -378,7 +379,7 @@ class Connection:
                 event_id=pending.event_id,
                 stream=self._stream,
             )
-        async with aclosing(self._backend.converse(event)) as replies:
+        async with aclosing(self._backend.converse(event, own_trace=True)) as replies:
             async for reply in replies:
                 body = reply_body(reply, pending.received)
                 if keep_as is not None and isinstance(reply, ConversationReply):
@@ -406,6 +407,7 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
         await ws.send_text(json.dumps(error(exc.code, exc.reason)))
         await ws.close(code=POLICY_VIOLATION, reason="invalid session id")
         return
+    telemetry.bind_session(session_id)  # the connection's span, if traced
     gauge = ws.app.state.connections
     gauge.opened()
     try:

@@ -1,6 +1,7 @@
 """Telephony: Twilio's webhooks for phone callers; publishes events, never calls a
 model, never opens the database."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from services.telephony.calls import Calls
 from services.telephony.settings import TelephonySettings, local_mode_warning, refusal
 from services.telephony.signatures import Signatures
 from services.telephony.twiml import TwiML
+from shared import telemetry
 from shared.asking import Conversations
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
@@ -57,6 +59,7 @@ def create_app(settings: TelephonySettings) -> FastAPI:
             await replies.stop()
             await broker.stop()
             await redis.aclose()
+            await asyncio.to_thread(telemetry.shutdown_tracing)
 
     app = FastAPI(
         title="Learning Voice Agent telephony", version=webhooks.VERSION, lifespan=lifespan
@@ -65,6 +68,7 @@ def create_app(settings: TelephonySettings) -> FastAPI:
     app.state.signatures = Signatures(settings)
     app.state.twiml = TwiML(settings)
     errors.install(app)
+    telemetry.instrument_app(app, settings, SERVICE)
     app.include_router(webhooks.router)
     app.include_router(relay.router)
     return app

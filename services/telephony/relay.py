@@ -39,6 +39,7 @@ from services.telephony.relay_protocol import (
 from services.telephony.settings import TelephonySettings
 from services.telephony.signatures import Refused, Signatures
 from services.telephony.twiml import APOLOGY, NOT_HEARD
+from shared import telemetry
 from shared.asking import AskError
 from shared.events import ConversationReply, DeltaReply, ReplyInterrupted
 from shared.streams import CALL_EVENTS
@@ -151,6 +152,7 @@ class RelayCall:
             await self._close(POLICY_VIOLATION, "the call does not match the URL")
             return False
         self.session_id = session
+        telemetry.bind_session(session)  # the connection's span, if traced
         self._caller = caller_hash(setup.from_, self._settings.hash_secret)
         log.info("relay call %s from caller %s", session, self._caller or "unknown")
         return True
@@ -221,7 +223,8 @@ class RelayCall:
         self._turn = turn
         reply: ConversationReply | None = None
         try:
-            async with aclosing(self._conversations.converse(event)) as replies:
+            turns = self._conversations.converse(event, own_trace=True)
+            async with aclosing(turns) as replies:
                 async for piece in replies:
                     if isinstance(piece, DeltaReply):
                         await self._say(turn, piece.text, last=piece.last)
