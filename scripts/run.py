@@ -103,6 +103,9 @@ def service_env(service: str, env: dict[str, str], telephony: TelephonySettings)
 
 def run_services(port: str) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if sys.stdout.isatty():
+        # honcho gives the services pipes: they would log JSON for a person to read.
+        env.setdefault("LOG_FORMAT", "text")
     telephony = TelephonySettings()
     manager = Manager()
     for service in SERVICES:

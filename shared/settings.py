@@ -25,6 +25,9 @@ class CommonSettings(BaseSettings):
     # Interface the service's HTTP server (API, or a worker's /health) binds to.
     host: str = "0.0.0.0"
     log_level: str = "INFO"
+    # `json` (one object per line, with trace ids), `text`, or `auto`: text in a
+    # terminal, JSON otherwise (a container, a supervisor, a file).
+    log_format: Literal["auto", "json", "text"] = "auto"
     # Lifetime of a session's context in Redis (v1): also how long a session
     # counts as active in /api/stats.
     redis_ttl: int = 1800

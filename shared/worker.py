@@ -154,6 +154,8 @@ class Worker:
 
         return AsgiFastStream(
             self.broker,
+            # Ours, not FastStream's own colourised stderr logger: one format for all.
+            logger=logging.getLogger(f"lva.{self.service}.app"),
             asgi_routes=[("/health", health)],
             on_startup=[self._connect, *on_startup],
             after_startup=[self._started],

@@ -68,5 +68,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
 
 settings = GatewaySettings()
-setup_logging(settings.log_level)
+setup_logging(
+    settings.log_level, service="gateway", instance_id=settings.instance_id, fmt=settings.log_format
+)
 app = create_app(settings)

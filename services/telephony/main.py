@@ -75,5 +75,10 @@ def create_app(settings: TelephonySettings) -> FastAPI:
 
 
 settings = TelephonySettings()
-setup_logging(settings.log_level)
+setup_logging(
+    settings.log_level,
+    service="telephony",
+    instance_id=settings.instance_id,
+    fmt=settings.log_format,
+)
 app = create_app(settings)

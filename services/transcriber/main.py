@@ -5,5 +5,10 @@ from services.transcriber.settings import TranscriberSettings
 from shared.logs import setup_logging
 
 settings = TranscriberSettings()
-setup_logging(settings.log_level)
+setup_logging(
+    settings.log_level,
+    service="transcriber",
+    instance_id=settings.instance_id,
+    fmt=settings.log_format,
+)
 broker, app = build(settings)
