@@ -6,6 +6,7 @@ and waits on its own reply stream (`shared.replies.ReplyRouter`).
 """
 
 import logging
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.cancel import request_cancel
 from shared.events import (
     AudioReceived,
@@ -195,7 +196,10 @@ class Conversations:
         stream = AUDIO_RECEIVED if isinstance(event, AudioReceived) else UTTERANCE_RECEIVED
         timeout = self._reply_timeout
         span = telemetry.start_turn(event.session_id, event.source, own_trace=own_trace)
-        span.set_attribute("lva.input", "audio" if isinstance(event, AudioReceived) else "text")
+        kind = "audio" if isinstance(event, AudioReceived) else "text"
+        span.set_attribute("lva.input", kind)
+        began = time.perf_counter()
+        first_piece = True
         replies = self._router.exchange(stream, event, event.event_id, timeout)
         try:
             async with aclosing(replies):
@@ -214,16 +218,27 @@ class Conversations:
                         raise AskError(
                             f"unexpected {reply.kind} reply", status=500, code="internal"
                         )
+                    if isinstance(reply, DeltaReply) and first_piece:
+                        first_piece = False
+                        metrics.FIRST_PIECE.labels(event.source).observe(
+                            time.perf_counter() - began
+                        )
                     if isinstance(reply, ConversationReply):
                         span.set_attribute("lva.cancelled", reply.cancelled)
                         span.set_attribute("gen_ai.response.intent", reply.intent)
+                        took = time.perf_counter() - began
+                        metrics.observe_reply(event.source, kind, took, reply.timings)
+                        outcome = "cancelled" if reply.cancelled else "answered"
+                        metrics.REPLIES.labels(event.source, outcome).inc()
                     yield reply
         except (RedisError, OSError, ReplyTimeoutError) as exc:
             failure = self._failure(exc, timeout)
             telemetry.failed(span, failure.code)
+            metrics.REPLIES.labels(event.source, failure.code).inc()
             raise failure from exc
         except AskError as exc:
             telemetry.failed(span, exc.code)
+            metrics.REPLIES.labels(event.source, exc.code).inc()
             raise
         finally:
             span.end()

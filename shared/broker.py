@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import metrics
 from shared.settings import CommonSettings
 from shared.telemetry import broker_middlewares
 
@@ -55,7 +56,11 @@ def make_broker(
         max_connections=settings.redis_max_connections,
         log_level=logging.DEBUG,
         logger=logging.getLogger(f"lva.{service}.broker"),
-        middlewares=(*broker_middlewares(settings, service), *middlewares),
+        middlewares=(
+            *broker_middlewares(settings, service),
+            metrics.broker_middleware(service),
+            *middlewares,
+        ),
         graceful_timeout=10.0,
         **connection_options(settings),
     )

@@ -18,7 +18,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
 from redis.asyncio import Redis
 
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.broker import HEALTH_PING_TIMEOUT_S, make_broker, redis_client, wait_for_redis
 from shared.delivery import Leases, Reclaimer
 from shared.process import attach_server, exit_code
@@ -102,6 +102,7 @@ class Worker:
                 self.redis, self.settings, stream=stream, group=group, leases=self.leases
             )
             self._background.start(f"reclaim-{stream}", reclaimer.run)
+        self._background.start("group-metrics", lambda: metrics.watch_groups(self.redis))
         self._supervising.start("supervise", self.supervisor.run)
 
     async def _close(self) -> None:
@@ -156,7 +157,7 @@ class Worker:
             self.broker,
             # Ours, not FastStream's own colourised stderr logger: one format for all.
             logger=logging.getLogger(f"lva.{self.service}.app"),
-            asgi_routes=[("/health", health)],
+            asgi_routes=[("/health", health), ("/metrics", metrics.asgi_app())],
             on_startup=[self._connect, *on_startup],
             after_startup=[self._started],
             on_shutdown=[self._supervising.stop],

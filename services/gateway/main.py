@@ -15,7 +15,7 @@ from services.gateway.limits import BodySizeLimit
 from services.gateway.memory import ConnectionGauge
 from services.gateway.security import SecurityHeaders
 from services.gateway.settings import GatewaySettings
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
 from shared.replies import ReplyRouter
@@ -36,9 +36,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.audio_budget = AudioBudget(settings.max_audio_bytes_held)
         await broker.start()
         await replies.start()
+        watching = asyncio.create_task(metrics.watch_groups(redis), name="group-metrics")
         try:
             yield
         finally:
+            watching.cancel()
             await replies.stop()
             await broker.stop()
             await redis.aclose()
@@ -61,6 +63,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     errors.install(app)
     telemetry.instrument_app(app, settings, SERVICE)
+    metrics.instrument_http(app)
     app.include_router(api.router)
     app.include_router(ws.router)
     app.include_router(frontend.router)

@@ -48,7 +48,7 @@ from services.gateway.messages import error, reply_body
 from services.gateway.replay import RENEW_EVERY_S, AnswerLog
 from services.gateway.settings import GatewaySettings
 from services.gateway.validation import InputError
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.asking import AskError, timed_out, unavailable
 from shared.events import AudioReceived, ConversationReply, UtteranceReceived, new_id
 
@@ -126,6 +126,7 @@ class Connection:
                 return
             try:
                 await self._ws.send_text(json.dumps(message))
+                metrics.WS_MESSAGES.labels("ws", "sent", str(message.get("type"))).inc()
             except WebSocketDisconnect:
                 # Gone before its disconnect was read: the answer under way still
                 # finishes (a resend of its id gets it), it is just not sent.
@@ -180,6 +181,9 @@ class Connection:
         if not isinstance(message, dict):
             message = {}
         kind = message.get("type")
+        # Known types only as labels: a client must not mint label values.
+        known = kind if kind in KNOWN_TYPES else "other"
+        metrics.WS_MESSAGES.labels("ws", "received", str(known)).inc()
         answering = message.get("id")
         if answering is not None and (
             not isinstance(answering, str) or not 0 < len(answering) <= MAX_ID_CHARS
@@ -410,6 +414,7 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
     telemetry.bind_session(session_id)  # the connection's span, if traced
     gauge = ws.app.state.connections
     gauge.opened()
+    metrics.WS_CONNECTIONS.labels("ws").inc()
     try:
         state = ws.app.state
         await Connection(
@@ -423,3 +428,4 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
         ).run()
     finally:
         gauge.closed()
+        metrics.WS_CONNECTIONS.labels("ws").dec()

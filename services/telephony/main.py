@@ -13,7 +13,7 @@ from services.telephony.calls import Calls
 from services.telephony.settings import TelephonySettings, local_mode_warning, refusal
 from services.telephony.signatures import Signatures
 from services.telephony.twiml import TwiML
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.asking import Conversations
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
@@ -52,9 +52,11 @@ def create_app(settings: TelephonySettings) -> FastAPI:
         # Connected before the first call: the greeting waits for nothing.
         await broker.start()
         await replies.start()
+        watching = asyncio.create_task(metrics.watch_groups(redis), name="group-metrics")
         try:
             yield
         finally:
+            watching.cancel()
             await calls.aclose()
             await replies.stop()
             await broker.stop()
@@ -69,6 +71,7 @@ def create_app(settings: TelephonySettings) -> FastAPI:
     app.state.twiml = TwiML(settings)
     errors.install(app)
     telemetry.instrument_app(app, settings, SERVICE)
+    metrics.instrument_http(app)
     app.include_router(webhooks.router)
     app.include_router(relay.router)
     return app

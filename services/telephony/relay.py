@@ -39,7 +39,7 @@ from services.telephony.relay_protocol import (
 from services.telephony.settings import TelephonySettings
 from services.telephony.signatures import Refused, Signatures
 from services.telephony.twiml import APOLOGY, NOT_HEARD
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.asking import AskError
 from shared.events import ConversationReply, DeltaReply, ReplyInterrupted
 from shared.streams import CALL_EVENTS
@@ -160,10 +160,12 @@ class RelayCall:
     async def _listen(self) -> None:
         while True:
             raw = await self._receive()
+            kind = _type_of(raw)
+            known = kind if kind in KNOWN_TYPES else "other"
+            metrics.WS_MESSAGES.labels("relay", "received", known).inc()
             try:
                 message = incoming_adapter.validate_json(raw)
             except ValidationError as exc:
-                kind = _type_of(raw)
                 if kind in KNOWN_TYPES:
                     log.warning("%s: unreadable %s message: %s", self.session_id, kind, exc)
                 else:
@@ -260,6 +262,7 @@ class RelayCall:
                 await self._ws.send_text(data)
             except (WebSocketDisconnect, RuntimeError, OSError) as exc:
                 raise Closed from exc
+        metrics.WS_MESSAGES.labels("relay", "sent", str(getattr(message, "type", "?"))).inc()
 
     async def _interrupted(self, interrupt: Interrupt) -> None:
         turn = self._turn
@@ -343,4 +346,9 @@ async def relay(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     hint = checked_id(websocket.query_params.get("session_id"))
-    await RelayCall(websocket, websocket.app.state.calls, websocket.app.state.settings, hint).run()
+    metrics.WS_CONNECTIONS.labels("relay").inc()
+    try:
+        state = websocket.app.state
+        await RelayCall(websocket, state.calls, state.settings, hint).run()
+    finally:
+        metrics.WS_CONNECTIONS.labels("relay").dec()
