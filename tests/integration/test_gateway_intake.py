@@ -1,18 +1,26 @@
-"""Large input at the gateway: decoded off the event loop, and within a memory budget
-that all connections share."""
+"""Large input at the gateway: decoded off the event loop, within a memory budget that
+all connections share (WebSocket and REST alike), and the memory given back off the
+loop when the last connection closes."""
 
 import asyncio
 import base64
+import gc
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import websockets
+from redis.asyncio import Redis
 
-from services.gateway import intake, validation
+from services.gateway import intake, memory, validation
 from services.gateway.intake import AudioBudget
+from services.gateway.memory import ConnectionGauge
 from services.gateway.validation import InputError
+from shared.streams import AUDIO_RECEIVED
+from tests.support.gateway import gateway_in_process
 from tests.support.loop_probe import ticks_during
 from tests.support.services import start_service
 from tests.support.stack import ws_url
@@ -100,3 +108,71 @@ async def test_one_gateway_holds_at_most_its_budget_of_audio(
             assert answer["code"] == "timeout", answer
     finally:
         gateway.stop()
+
+
+async def test_a_rest_clip_is_refused_while_the_budget_is_spent_and_taken_once_it_is_free(
+    redis: Redis, redis_url: str
+) -> None:
+    clip = base64.b64encode(os.urandom(60_000)).decode()
+    request = {"session_id": "budget-rest", "audio_base64": clip}
+    gateway = gateway_in_process(redis_url, max_audio_bytes_held=100_000, reply_timeout=1)
+    async with gateway as (app, client):
+        budget: AudioBudget = app.state.audio_budget
+        # What other learners' clips hold while they wait for their turn.
+        others = budget.reserve(60_000)
+        for path in ("/api/conversation", "/api/conversation/stream"):
+            refused = await client.post(path, json=request)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "busy", refused.text
+            assert "too much audio" in refused.json()["detail"]
+        assert await redis.xlen(AUDIO_RECEIVED) == 0, "a refused clip was published"
+        assert budget.held == 60_000
+
+        others.release()
+        # No transcriber: the clip is taken and published, and its reply times out.
+        accepted = await client.post("/api/conversation", json=request)
+        assert accepted.status_code == 504, accepted.text
+        assert accepted.json()["code"] == "timeout"
+        assert await redis.xlen(AUDIO_RECEIVED) == 1
+        assert budget.held == 0
+
+
+TRIM_S = 0.5
+
+
+async def test_memory_is_given_back_in_a_worker_thread_while_the_loop_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop_thread = threading.get_ident()
+    trims: list[int] = []
+    full_collections: list[int] = []
+
+    def slow_trim(_pad: int) -> int:
+        # As long as malloc_trim takes to walk a large heap.
+        trims.append(threading.get_ident())
+        time.sleep(TRIM_S)
+        return 1
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full_collections.append(threading.get_ident())
+
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: slow_trim)
+    gauge = ConnectionGauge()
+    gauge.opened()
+    gauge.opened()
+
+    async def the_last_two_close() -> None:
+        gauge.closed()
+        gauge.closed()
+        await gauge.aclose()
+
+    gc.callbacks.append(on_gc)
+    try:
+        ticks, possible = await ticks_during(the_last_two_close, TICK_S)
+    finally:
+        gc.callbacks.remove(on_gc)
+    assert len(trims) == 1, "memory is given back once, when the count reaches zero"
+    assert trims[0] != loop_thread, "malloc_trim ran on the event loop's thread"
+    assert trims[0] in full_collections, "the collection did not run in the trim's thread"
+    assert ticks >= 0.5 * possible, f"{ticks} of {possible:.0f} possible ticks"
