@@ -153,11 +153,26 @@ class Worker:
                 headers={"content-type": "application/json"},
             )
 
+        # Liveness: the process serves (a Redis outage is no reason to restart
+        # it; readiness says so). Served only once start-up is done, so its
+        # models are loaded and its database open: readiness is /health's check.
+        @get(include_in_schema=False)
+        async def live(scope: Scope) -> AsgiResponse:
+            body = {"status": "alive", "service": self.service}
+            return AsgiResponse(
+                json.dumps(body).encode(), 200, headers={"content-type": "application/json"}
+            )
+
         return AsgiFastStream(
             self.broker,
             # Ours, not FastStream's own colourised stderr logger: one format for all.
             logger=logging.getLogger(f"lva.{self.service}.app"),
-            asgi_routes=[("/health", health), ("/metrics", metrics.asgi_app())],
+            asgi_routes=[
+                ("/health", health),
+                ("/health/live", live),
+                ("/health/ready", health),
+                ("/metrics", metrics.asgi_app()),
+            ],
             on_startup=[self._connect, *on_startup],
             after_startup=[self._started],
             on_shutdown=[self._supervising.stop],

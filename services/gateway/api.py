@@ -39,6 +39,7 @@ router = APIRouter()
 
 
 @router.get("/health", response_model=HealthResponse)
+@router.get("/health/ready", response_model=HealthResponse, include_in_schema=False)
 async def health(redis: RedisDep, backend: BackendDep, request: Request) -> JSONResponse:
     reachable = await redis_state(redis)
     replies = backend.reply_reader_state
@@ -181,3 +182,10 @@ async def history(
     validation.limit(limit, settings.max_history_limit)
     reply = await backend.history(session_id, limit)
     return HistoryResponse(session_id=session_id, history=reply.history, count=len(reply.history))
+
+
+@router.get("/health/live", include_in_schema=False)
+async def live() -> dict[str, str]:
+    """The process serves; whether it can do its work is /health/ready's to say
+    (restarting it would not bring Redis back)."""
+    return {"status": "alive", "service": "gateway"}

@@ -53,6 +53,7 @@ class HealthResponse(BaseModel):
 
 
 @router.get("/health", response_model=HealthResponse)
+@router.get("/health/ready", response_model=HealthResponse, include_in_schema=False)
 async def health(redis: RedisDep, calls: CallsDep, settings: SettingsDep) -> JSONResponse:
     reachable = await redis_state(redis)
     replies = calls.reply_reader_state
@@ -242,3 +243,10 @@ async def recording(
         return Response(exc.reason, status_code=503, media_type="text/plain")
     log.info("%s: recording %s (%s s) kept", session, sid, event.duration_s)
     return twiml_response(twiml.empty())
+
+
+@router.get("/health/live", include_in_schema=False)
+async def live() -> dict[str, str]:
+    """The process serves; whether it can do its work is /health/ready's to say
+    (restarting it would not bring Redis back)."""
+    return {"status": "alive", "service": "telephony"}

@@ -111,3 +111,16 @@ async def test_a_groups_lag_rises_while_its_worker_is_stopped_and_falls_after(
     while lag() > 0:
         assert time.monotonic() < deadline, f"lag stayed at {lag()}"
         await asyncio.sleep(0.5)
+
+
+def test_every_service_says_it_is_alive_and_whether_it_is_ready(
+    stack: tuple[dict[str, ServiceProcess], dict[str, str], Path],
+) -> None:
+    services, _, _ = stack
+    for name, service in services.items():
+        live = httpx.get(service.base_url + "/health/live", timeout=10)
+        assert live.status_code == 200 and live.json()["status"] == "alive", name
+        ready = httpx.get(service.base_url + "/health/ready", timeout=10)
+        health = httpx.get(service.base_url + "/health", timeout=10)
+        assert ready.status_code == health.status_code == 200, name
+        assert ready.json()["status"] == health.json()["status"] == "healthy", name

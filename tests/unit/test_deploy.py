@@ -889,7 +889,8 @@ def test_probes_and_resources(service: str, monkeypatch: pytest.MonkeyPatch) -> 
         action = container[probe].get("httpGet") or container[probe]["tcpSocket"]
         assert ports.get(action["port"], action["port"]) == port, f"{probe} misses the port"
     for probe in ("startupProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["path"] == "/health"
+        assert container[probe]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     for bound in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][bound])
 
