@@ -211,6 +211,14 @@ class ReplyRouter:
                 failing = True
                 await asyncio.sleep(1.0)
                 continue
+            except Exception:
+                # Anything else (a client bug, an answer it cannot parse) must not
+                # end the reader for good: every asker of this instance would wait
+                # in vain while its health says "stopped".
+                log.exception("reading replies from %s failed unexpectedly; retrying", self.stream)
+                failing = True
+                await asyncio.sleep(1.0)
+                continue
             if failing:
                 log.warning("reading replies from %s again", self.stream)
                 failing = False

@@ -60,6 +60,10 @@ async def group_exists(redis: Redis, stream: str, group: str) -> bool:
     return group in names
 
 
+# A refusal that lasts is logged again every this many checks, not every second.
+REFUSED_LOG_EVERY = 60
+
+
 @dataclass(frozen=True)
 class Subscription:
     """One subscriber of the worker as an operator sees it in `/health`."""
@@ -96,6 +100,8 @@ class Supervisor:
         self._redis: Redis | None = None
         self._groups: dict[tuple[str, str], bool | None] = {}
         self._failures: dict[int, int] = {}
+        # Checks in a row that Redis refused (see check()).
+        self._refused = 0
         self._stopping_since: dict[int, float] = {}
         self._last_check: float | None = None
         self._gave_up = False
@@ -139,11 +145,21 @@ class Supervisor:
                         group,
                         stream,
                     )
+        except ResponseError as exc:
+            # Redis answers, and refuses (no permission, a key of another type under
+            # the stream's name, out of memory): an operator must see it, the
+            # service is down until it is fixed.
+            self._groups = dict.fromkeys(self._groups, None)
+            self._refused = self._refused + 1
+            if self._refused == 1 or self._refused % REFUSED_LOG_EVERY == 0:
+                log.error("consumer groups cannot be checked or created: Redis says %s", exc)
+            return
         except (RedisError, OSError, TimeoutError) as exc:
             # Redis is away: nothing can be known or fixed until it answers again.
             self._groups = dict.fromkeys(self._groups, None)
             log.debug("supervisor check skipped: %s", exc)
             return
+        self._refused = 0
         for subscriber, stream, group in self._subscribers():
             if subscriber.running:
                 self._failures.pop(id(subscriber), None)
