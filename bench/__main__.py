@@ -10,7 +10,9 @@
 - search: archive ingest and search on synthetic captures (bench.search_bench);
 - pwa: the PWA in Chromium: its size, opening it (first, return, offline) and a
   typed message's first words on screen (bench.pwa_bench);
-- telephony: signed Twilio webhooks to their TwiML (bench.telephony_bench).
+- telephony: signed Twilio webhooks to their TwiML, and relay calls
+  (bench.telephony_bench);
+- tracing: the cost of exporting every span (bench.tracing_bench).
 
 Tables go to stdout as they are measured, to bench/results/<section>.md, and
 together with the machine's description to bench/results/latest.md. Progress
@@ -32,6 +34,7 @@ from bench import (
     stream_bench,
     system_bench,
     telephony_bench,
+    tracing_bench,
     voice_bench,
 )
 from bench.report import RESULTS_DIR, Section, emit, write_results
@@ -45,7 +48,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--only",
-        choices=("system", "ws", "stream", "voice", "search", "pwa", "telephony"),
+        choices=("system", "ws", "stream", "voice", "search", "pwa", "telephony", "tracing"),
         default=None,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace, command: str) -> list[Section]:
     groups = (
         [args.only]
         if args.only
-        else ["system", "ws", "stream", "voice", "search", "pwa", "telephony"]
+        else ["system", "ws", "stream", "voice", "search", "pwa", "telephony", "tracing"]
     )
     sections: list[Section] = []
     for group in groups:
@@ -115,6 +118,8 @@ def run(args: argparse.Namespace, command: str) -> list[Section]:
             measured = pwa_bench.run_pwa(args.quick)
         elif group == "telephony":
             measured = telephony_bench.run_telephony(args.quick)
+        elif group == "tracing":
+            measured = tracing_bench.run_tracing(args.quick)
         elif group == "system":
             measured = system_bench.run_system(sizes)
         elif group == "stream":
