@@ -97,6 +97,16 @@ def _may_become(text: str, words: tuple[str, ...]) -> bool:
     return False
 
 
+def _possible_turn(text: str) -> int | None:
+    """Where, after a newline, the learner's turn may be beginning; None if nowhere."""
+    newline = text.find("\n")
+    while newline >= 0:
+        if _may_become(text[newline + 1 :].lstrip(), _TURNS):
+            return newline
+        newline = text.find("\n", newline + 1)
+    return None
+
+
 class ReplyShaper:
     """Shapes a reply while it streams: `feed` returns the text that may be sent
     now, `finish` the rest once the model has ended (or been stopped)."""
@@ -155,8 +165,11 @@ class ReplyShaper:
         if turn is not None:
             text = text[: turn.start()]
         else:
-            newline = text.rfind("\n")
-            if newline >= 0 and _may_become(text[newline + 1 :].lstrip(), _TURNS):
+            # The learner's label may still come after any newline that only
+            # whitespace and the start of a label follow ("\nuser\n" may become
+            # "\nuser\n:"), so the text is held from the first such newline.
+            newline = _possible_turn(text)
+            if newline is not None:
                 text = text[:newline]
             # A word still being written may grow: only whole words are settled.
             elif text and not text[-1].isspace():

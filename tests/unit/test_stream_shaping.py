@@ -1,7 +1,7 @@
 """Shaping a reply while it streams never takes back what was sent: fed a reply in any
 pieces, the pieces sent join to exactly the reply shaped as a whole."""
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from services.responder.shaping import ReplyShaper, shape_reply
@@ -78,6 +78,10 @@ def test_real_replies_in_any_pieces_join_to_the_shaped_reply(
     user=st.sampled_from([VAGUE, DETAILED]),
 )
 @settings(max_examples=1500)
+# Found by hypothesis: a learner's label can span a newline ("\nuser\n:"), so text
+# after an earlier newline must be held too.
+@example(pieces=["cells", "\n", "user", "\n", ":"], user=VAGUE)
+@example(pieces=["Tides rise.", "\n ", "learner ", "\n\n", ": more"], user=DETAILED)
 def test_any_model_output_in_any_pieces_joins_to_the_shaped_reply(
     pieces: list[str], user: str
 ) -> None:
