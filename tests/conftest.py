@@ -1,10 +1,12 @@
-"""Fixtures shared by every test: a private Redis server and a clean database per test."""
+"""Fixtures shared by every test: a private Redis server, a clean database per test, and
+the spans a test makes."""
 
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.redis_server import RedisServer, private_redis
+from tests.support.tracing import RecordedSpans, recording
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,3 +28,11 @@ def redis_url(redis_server: RedisServer) -> str:
     """A Redis emptied before the test."""
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordedSpans]:
+    """The spans finished during the test (see tests/support/tracing.py); content
+    capture off unless the test turns it on."""
+    with recording(monkeypatch) as recorded:
+        yield recorded

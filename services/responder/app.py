@@ -9,6 +9,7 @@ from services.responder.context import ContextStore
 from services.responder.providers import create_provider
 from services.responder.service import PieceSink, Responder
 from services.responder.settings import ResponderSettings
+from shared import telemetry
 from shared.cancel import CancelWatch
 from shared.events import DeltaReply, SessionEndRequested, UtteranceReceived
 from shared.replies import ReplySender, Sent
@@ -55,6 +56,7 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
 
     @broker.subscriber(stream=group(UTTERANCE_RECEIVED), max_workers=settings.responder_concurrency)
     async def on_utterance(event: UtteranceReceived) -> None:
+        telemetry.bind_session(event.session_id)
         answer, exchange = await rt.responder.answer(event, pieces_for(event))
         if answer is not None:
             await rt.replies.send(answer, event.reply_to)
@@ -62,6 +64,7 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
 
     @broker.subscriber(stream=group(SESSION_END_REQUESTED))
     async def on_session_end(event: SessionEndRequested) -> None:
+        telemetry.bind_session(event.session_id)
         # Ended even when the asker stopped waiting: the learner asked for it.
         await rt.replies.send(await rt.responder.end(event), event.reply_to)
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from services.responder.tracing import redis_span
 from shared.events import Source
 from shared.streams import Keys
 
@@ -131,25 +132,31 @@ class ContextStore:
         stamp = iso_z(at)
         exchange = json.dumps({"timestamp": stamp, "user": user, "agent": agent})
         answer = StoredAnswer(agent_text=agent, at=at, cancelled=cancelled).model_dump_json()
-        added = await self._record(
-            keys=[
-                Keys.context(session_id),
-                Keys.metadata(session_id),
-                Keys.exchange_done(event_id),
-                Keys.ACTIVE_SESSIONS,
-            ],
-            args=[
-                exchange,
-                self._max,
-                self._ttl,
-                stamp,
-                source,
-                session_id,
-                time.time(),
-                answer,
-                "1" if in_context else "0",
-            ],
-        )
+        with redis_span("context.write", session_id, "EVALSHA") as span:
+            added = await self._record(
+                keys=[
+                    Keys.context(session_id),
+                    Keys.metadata(session_id),
+                    Keys.exchange_done(event_id),
+                    Keys.ACTIVE_SESSIONS,
+                ],
+                args=[
+                    exchange,
+                    self._max,
+                    self._ttl,
+                    stamp,
+                    source,
+                    session_id,
+                    time.time(),
+                    answer,
+                    "1" if in_context else "0",
+                ],
+            )
+            if span.is_recording():
+                # Not recorded: another delivery of the utterance was answered first.
+                span.set_attributes(
+                    {"lva.context.in_context": in_context, "lva.recorded": bool(added)}
+                )
         return bool(added)
 
     async def answered(self, event_id: str) -> StoredAnswer | None:
@@ -158,20 +165,31 @@ class ContextStore:
 
     async def recall(self, session_id: str, event_id: str) -> "Recalled":
         """What answering an utterance needs, in one round trip."""
-        marker, raw, meta, cancel = await self._redis.mget(
-            Keys.exchange_done(event_id),
-            Keys.context(session_id),
-            Keys.metadata(session_id),
-            Keys.cancel(event_id),
-        )
-        context = [ContextExchange.model_validate(x) for x in json.loads(raw or "[]")]
-        metadata = SessionMetadata.model_validate_json(meta) if meta else None
-        return Recalled(
-            earlier=_stored_answer(marker),
-            context=context,
-            exchanges=metadata.exchange_count if metadata else len(context),
-            cancelled=cancel is not None,
-        )
+        with redis_span("context.read", session_id, "MGET") as span:
+            marker, raw, meta, cancel = await self._redis.mget(
+                Keys.exchange_done(event_id),
+                Keys.context(session_id),
+                Keys.metadata(session_id),
+                Keys.cancel(event_id),
+            )
+            context = [ContextExchange.model_validate(x) for x in json.loads(raw or "[]")]
+            metadata = SessionMetadata.model_validate_json(meta) if meta else None
+            recalled = Recalled(
+                earlier=_stored_answer(marker),
+                context=context,
+                exchanges=metadata.exchange_count if metadata else len(context),
+                cancelled=cancel is not None,
+            )
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "lva.context.exchanges": len(context),
+                        "lva.context.session_exchanges": recalled.exchanges,
+                        "lva.answered_before": marker is not None,
+                        "lva.cancel_requested": recalled.cancelled,
+                    }
+                )
+        return recalled
 
     async def end(self, session_id: str) -> list[ContextExchange]:
         """Return the session's context and forget the session (v1 end_session)."""

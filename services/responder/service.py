@@ -16,6 +16,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.responder import tracing
 from services.responder.context import ContextExchange, ContextStore
 from services.responder.intent import detect_intent
 from services.responder.pieces import PieceCutter
@@ -28,6 +29,7 @@ from services.responder.prompts import (
     stable_window,
 )
 from services.responder.providers.base import (
+    ChatMessage,
     LLMProvider,
     LLMRateLimitedError,
     LLMUnavailableError,
@@ -35,6 +37,7 @@ from services.responder.providers.base import (
 from services.responder.settings import ResponderSettings
 from services.responder.shaping import ReplyShaper
 from services.responder.summary import summarize
+from shared import telemetry
 from shared.cancel import CancelWatch
 from shared.events import (
     ConversationReply,
@@ -117,12 +120,30 @@ class Responder:
         self, event: UtteranceReceived, context: list[ContextExchange], gen: Generation
     ) -> None:
         """Run the model, handing settled text on as it comes (cancellable)."""
+        messages = build_messages(context, event.text)
+        with tracing.chat(
+            self._llm,
+            event.session_id,
+            messages,
+            max_tokens=self._settings.claude_max_tokens,
+            temperature=self._settings.claude_temperature,
+        ) as call:
+            await self._run_model(event, messages, gen, call)
+
+    async def _run_model(
+        self,
+        event: UtteranceReceived,
+        messages: list[ChatMessage],
+        gen: Generation,
+        call: tracing.ChatCall,
+    ) -> None:
         started = time.perf_counter()
+        written = call.written
         try:
             async with aclosing(
                 self._llm.stream(
                     SYSTEM_PROMPT,
-                    build_messages(context, event.text),
+                    messages,
                     max_tokens=self._settings.claude_max_tokens,
                     temperature=self._settings.claude_temperature,
                 )
@@ -130,6 +151,9 @@ class Responder:
                 async for token in tokens:
                     if gen.first_token_ms is None:
                         gen.first_token_ms = _ms(started)
+                        call.first_token(gen.first_token_ms)
+                    if written is not None:
+                        written.append(token)
                     gen.wrote = gen.wrote or bool(token.strip())
                     if gen.sink is None:
                         # Nobody reads it before the end: only watch for enough.
@@ -139,20 +163,26 @@ class Responder:
                     # Every token costs time the learner waits for: stop at enough.
                     if gen.cancelled or gen.shaper.done:
                         break
-        except LLMRateLimitedError:
+        except LLMRateLimitedError as exc:
             log.warning("model %s is rate limited; session %s", self._llm.name, event.session_id)
             gen.apology = RATE_LIMITED_REPLY
+            call.failed(type(exc).__name__)
         except LLMUnavailableError as exc:
             log.error("model %s unavailable: %s", self._llm.name, exc)
             gen.apology = UNAVAILABLE_REPLY
-        except Exception:
+            call.failed(type(exc).__name__)
+        except Exception as exc:
             log.exception("model %s failed unexpectedly", self._llm.name)
             gen.apology = UNEXPECTED_REPLY
+            call.failed(type(exc).__name__)
         finally:
             gen.generate_ms = _ms(started)
+            # Also when a cancel stops the writer mid-token (CancelledError).
+            call.ended(cancelled=gen.cancelled, stopped_early=gen.shaper.done)
         if not gen.wrote and gen.apology is None:
             log.error("model %s returned no text", self._llm.name)
             gen.apology = UNAVAILABLE_REPLY
+            call.failed("empty_reply")
 
     async def _generate(
         self, event: UtteranceReceived, context: list[ContextExchange], sink: PieceSink | None
@@ -326,7 +356,11 @@ class Responder:
         )
 
     async def end(self, event: SessionEndRequested) -> SummaryReply:
-        context = await self._store.end(event.session_id)
-        return SummaryReply(
-            in_reply_to=event.event_id, session_id=event.session_id, text=summarize(context)
-        )
+        with tracing.span("session.summary", event.session_id) as span:
+            context = await self._store.end(event.session_id)
+            text = summarize(context)
+            if span.is_recording():
+                span.set_attribute("lva.context.exchanges", len(context))
+            # The topics are the learner's own words.
+            telemetry.content(span, "lva.summary", text)
+        return SummaryReply(in_reply_to=event.event_id, session_id=event.session_id, text=text)

@@ -8,6 +8,7 @@ from faststream.redis import RedisBroker, StreamSub
 from services.transcriber.service import Transcriber
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt import create_stt
+from shared import telemetry
 from shared.events import AudioReceived, UtteranceReceived
 from shared.replies import ReplySender
 from shared.streams import AUDIO_RECEIVED, UTTERANCE_RECEIVED, Groups
@@ -40,6 +41,7 @@ def build(settings: TranscriberSettings) -> tuple[RedisBroker, AsgiFastStream]:
 
     @broker.subscriber(stream=stream, max_workers=settings.transcriber_concurrency)
     async def on_audio(event: AudioReceived) -> None:
+        telemetry.bind_session(event.session_id)
         outcome = await rt.transcriber.hear(event)
         if isinstance(outcome, UtteranceReceived):
             # The learner sees what was heard while the companion thinks.

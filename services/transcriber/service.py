@@ -11,6 +11,8 @@ from services.transcriber.audio import AudioError, load_clip
 from services.transcriber.cleanup import clean_transcript
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt.base import SpeechToText, STTRateLimitedError, STTUnavailableError
+from services.transcriber.tracing import TRANSCRIPT, transcribing
+from shared import telemetry
 from shared.events import (
     AudioReceived,
     ConversationReply,
@@ -73,7 +75,9 @@ class Transcriber:
             log.info("refused audio on session %s: %s", event.session_id, exc.message)
             return self._error(event, exc.code, exc.message)
         try:
-            raw = await self._stt.transcribe(clip)
+            with transcribing(self._stt, clip, event.session_id) as span:
+                raw = await self._stt.transcribe(clip)
+                telemetry.content(span, TRANSCRIPT, raw)
         except STTRateLimitedError:
             log.warning("speech-to-text %s is rate limited", self._stt.name)
             return self._error(event, "transcription_failed", BUSY)

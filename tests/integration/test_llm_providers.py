@@ -11,7 +11,11 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from anthropic.types import RawMessageStreamEvent
+from pydantic import TypeAdapter
+from redis.asyncio import Redis
 
+from services.responder.context import ContextStore
 from services.responder.providers import (
     ChatMessage,
     LLMError,
@@ -21,10 +25,15 @@ from services.responder.providers import (
     create_provider,
 )
 from services.responder.providers.anthropic import AnthropicProvider
-from services.responder.providers.base import complete
+from services.responder.providers.anthropic import _note_usage as _note_anthropic_usage
+from services.responder.providers.base import Usage, complete, reporting_usage
 from services.responder.providers.local import LocalProvider
 from services.responder.providers.openai_compat import PLACEHOLDER_API_KEY, OpenAICompatProvider
+from services.responder.providers.openai_compat import _note_usage as _note_openai_usage
+from services.responder.service import Responder
 from services.responder.settings import ResponderSettings
+from shared.events import UtteranceReceived
+from tests.support.tracing import RecordedSpans
 from tests.wire import WireServer, stream_pieces
 from tests.wire.anthropic_server import AnthropicWireServer
 from tests.wire.openai_server import OpenAIWireServer
@@ -215,6 +224,144 @@ async def test_openai_without_key_sends_placeholder(
 async def test_reply_cut_at_max_tokens_still_returns_the_text(target: Target, make: Make) -> None:
     provider = await make(**target.config)
     assert await ask(provider, max_tokens=4) == "It happens in the"
+
+
+# -- usage and the chat span -------------------------------------------------------------
+
+# What each wire server says of a whole reply and of one cut at max_tokens.
+FINISHED = {"anthropic": "end_turn", "openai": "stop"}
+CUT = {"anthropic": "max_tokens", "openai": "length"}
+
+
+def provider_of(target: Target) -> str:
+    return "anthropic" if isinstance(target.server, AnthropicWireServer) else "openai"
+
+
+async def test_usage_and_finish_reason_are_reported(target: Target, make: Make) -> None:
+    provider = await make(**target.config)
+    with reporting_usage() as usage:
+        assert await ask(provider) == REPLY
+    assert usage.input_tokens is not None and usage.input_tokens > 0
+    assert usage.output_tokens == len(REPLY.split())
+    assert usage.finish_reason == FINISHED[provider_of(target)]
+
+
+async def test_a_reply_cut_at_max_tokens_reports_why(target: Target, make: Make) -> None:
+    provider = await make(**target.config)
+    with reporting_usage() as usage:
+        await ask(provider, max_tokens=4)
+    assert usage.output_tokens == 4
+    assert usage.finish_reason == CUT[provider_of(target)]
+
+
+async def test_a_stream_closed_early_reports_no_made_up_output_count(
+    target: Target, make: Make
+) -> None:
+    provider = await make(**target.config)
+    with reporting_usage() as usage:
+        reply = await complete(
+            provider,
+            SYSTEM,
+            HISTORY,
+            max_tokens=150,
+            temperature=0.4,
+            enough=lambda text: len(text.split()) >= 4,
+        )
+    assert len(reply.split()) < len(REPLY.split())
+    # The figures (and the reason) come at the end of the stream, which was left.
+    assert usage.output_tokens is None and usage.finish_reason is None
+
+
+def test_anthropic_input_counts_what_its_prompt_cache_served() -> None:
+    usage = Usage()
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-haiku-4-5",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": 12,
+                "cache_read_input_tokens": 900,
+                "cache_creation_input_tokens": 30,
+                "output_tokens": 1,
+            },
+        },
+    }
+    end = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": 42, "input_tokens": 12},
+    }
+    for event in (start, end):
+        _note_anthropic_usage(usage, TypeAdapter(RawMessageStreamEvent).validate_python(event))
+    assert usage == Usage(
+        input_tokens=942, output_tokens=42, cache_read_tokens=900, finish_reason="end_turn"
+    )
+
+
+async def test_openai_usage_is_asked_for_only_when_someone_reads_it(
+    openai_wire: OpenAIWireServer, make: Make
+) -> None:
+    provider = await make(llm_base_url=openai_wire.base_url)
+    await ask(provider)
+    assert "stream_options" not in openai_wire.last_request.body
+    with reporting_usage():
+        await ask(provider)
+    assert openai_wire.last_request.body["stream_options"] == {"include_usage": True}
+
+
+def test_openai_figures_of_odd_shapes_are_ignored_not_raised() -> None:
+    usage = Usage()
+    _note_openai_usage(usage, {"usage": {"prompt_tokens": "12", "completion_tokens": -1}})
+    _note_openai_usage(usage, {"choices": [None]})
+    _note_openai_usage(usage, {"choices": [{"finish_reason": 7}], "usage": []})
+    assert usage == Usage()
+    _note_openai_usage(
+        usage,
+        {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 30,
+                "completion_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": 24},
+            },
+        },
+    )
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens) == (30, 5, 24)
+
+
+async def test_the_chat_span_has_the_genai_usage_of_each_provider(
+    target: Target, make: Make, redis: Redis, spans: RecordedSpans
+) -> None:
+    provider = await make(**target.config, claude_model="claude-sonnet-4-6", llm_model="qwen3")
+    responder = Responder(ContextStore(redis, max_exchanges=5, ttl_s=60), provider, settings())
+    # Short enough for the shaper to let the model finish: a finish reason comes.
+    target.server.reply_text = "Tides follow the moon. What made you wonder?"
+    event = UtteranceReceived(session_id="s-genai", source="websocket", text="Why tides?")
+    reply, _ = await responder.answer(event)
+    assert reply is not None and reply.agent_text.startswith("Tides follow the moon.")
+
+    name = provider_of(target)
+    model = "claude-sonnet-4-6" if name == "anthropic" else "qwen3"
+    chat = spans.one(f"chat {model}")
+    attributes = dict(chat.attributes or {})
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == name
+    assert attributes["gen_ai.request.model"] == model
+    assert attributes["gen_ai.request.max_tokens"] == 150
+    input_tokens = attributes["gen_ai.usage.input_tokens"]
+    assert isinstance(input_tokens, int) and input_tokens > 0
+    assert attributes["gen_ai.usage.output_tokens"] == 8
+    assert attributes["gen_ai.response.finish_reasons"] == (FINISHED[name],)
+    # Anthropic's API version takes no temperature: the span claims none.
+    assert ("gen_ai.request.temperature" in attributes) is (name == "openai")
+    assert [e.name for e in chat.events] == ["gen_ai.first_token"]
+    assert "Why tides?" not in str(attributes)
 
 
 # -- errors -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from services.transcriber.audio import SAMPLE_RATE, Clip, load_clip
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt import create_stt
-from services.transcriber.stt.base import STTUnavailableError
+from services.transcriber.stt.base import STTUnavailableError, noting_hearing
 from services.transcriber.stt.local_whisper import (
     BUNDLED_MODEL_DISTRIBUTION,
     LocalWhisperSTT,
@@ -189,3 +189,16 @@ async def test_transcribe_before_start_is_a_programming_error() -> None:
     stt = create_stt(settings())
     with pytest.raises(RuntimeError, match="start"):
         await stt.transcribe(wav_clip(np.zeros(1600, dtype=np.float32)))
+
+
+async def test_whisper_tells_its_language_and_no_speech_estimate(stt: LocalWhisperSTT) -> None:
+    with noting_hearing() as hearing:
+        await stt.transcribe(fixture_clip("sentence1.ogg"))
+    assert hearing.language == "en"
+    assert hearing.segments == 1
+    assert hearing.no_speech_prob is not None and 0.0 <= hearing.no_speech_prob < 0.5
+    # A window dropped as silence leaves no segment, and no estimate to report.
+    with noting_hearing() as silent:
+        await stt.transcribe(wav_clip(np.zeros(SAMPLE_RATE, dtype=np.float32)))
+    assert silent.language == "en"
+    assert silent.segments == 0 and silent.no_speech_prob is None

@@ -5,7 +5,8 @@ from collections.abc import AsyncGenerator, Sequence
 
 import anthropic
 import httpx2
-from anthropic.types import MessageParam
+from anthropic.types import MessageDeltaUsage, MessageParam, RawMessageStreamEvent
+from anthropic.types import Usage as MessageUsage
 
 from services.responder.providers.base import (
     ChatMessage,
@@ -13,6 +14,9 @@ from services.responder.providers.base import (
     LLMError,
     LLMRateLimitedError,
     LLMUnavailableError,
+    Usage,
+    current_usage,
+    token_count,
 )
 from services.responder.settings import ResponderSettings
 
@@ -57,6 +61,7 @@ class AnthropicProvider(CompleteMixin):
         # no longer even accepts one).
         del temperature
         client = self._require_client()
+        usage = current_usage()
         history: list[MessageParam] = []
         for m in messages:
             if m.role == "user":
@@ -77,6 +82,8 @@ class AnthropicProvider(CompleteMixin):
                 async for event in stream:
                     if event.type == "content_block_delta" and event.delta.type == "text_delta":
                         yield event.delta.text
+                    elif usage is not None:
+                        _note_usage(usage, event)
         except anthropic.AnthropicError as err:
             raise _map_error(err) from err
         except httpx2.HTTPError as err:
@@ -95,6 +102,34 @@ class AnthropicProvider(CompleteMixin):
         if self._client is None:
             raise RuntimeError("AnthropicProvider.start() was not called")
         return self._client
+
+
+def _note_usage(usage: Usage, event: RawMessageStreamEvent) -> None:
+    # message_start has the input's count (its output count is a placeholder),
+    # message_delta at the end the output's and the stop reason, and from newer
+    # API versions the input's again. A stream closed early has no message_delta:
+    # its output count stays unknown rather than the placeholder.
+    if event.type == "message_start":
+        _note_input(usage, event.message.usage)
+    elif event.type == "message_delta":
+        output = token_count(event.usage.output_tokens)
+        if output is not None:
+            usage.output_tokens = output
+        _note_input(usage, event.usage)
+        if event.delta.stop_reason:
+            usage.finish_reason = event.delta.stop_reason
+
+
+def _note_input(usage: Usage, counts: MessageUsage | MessageDeltaUsage) -> None:
+    fresh = token_count(counts.input_tokens)
+    if fresh is None or usage.input_tokens is not None:
+        return
+    # Anthropic counts cached input apart from `input_tokens`; OpenTelemetry's
+    # `gen_ai.usage.input_tokens` counts every input token.
+    read = token_count(counts.cache_read_input_tokens)
+    written = token_count(counts.cache_creation_input_tokens)
+    usage.input_tokens = fresh + (read or 0) + (written or 0)
+    usage.cache_read_tokens = read
 
 
 def _map_error(err: anthropic.AnthropicError) -> LLMError:

@@ -1,7 +1,9 @@
 """The one interface every language-model provider implements, and its errors."""
 
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Literal, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -42,6 +44,53 @@ class LLMUnavailableError(LLMError):
     Connection errors, timeouts, rejected credentials, 5xx and other error statuses,
     malformed or empty replies, and failures of the embedded model.
     """
+
+
+@dataclass
+class Usage:
+    """What one generation cost and why it ended, as far as its provider says.
+
+    A side channel rather than part of `stream`, whose signature plugin providers
+    already implement: the caller opens one with `reporting_usage()` around the
+    stream, a provider that knows fills it in while streaming (the built-in ones
+    do), and one that does not leaves it empty.
+    """
+
+    # Every input token, those a prompt cache served included.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    # Of `input_tokens`, those the provider's prompt cache served.
+    cache_read_tokens: int | None = None
+    # In the provider's own words: "end_turn", "max_tokens", "stop", "length"...
+    finish_reason: str | None = None
+
+
+_usage: ContextVar[Usage | None] = ContextVar("llm_usage", default=None)
+
+
+@contextmanager
+def reporting_usage() -> Iterator[Usage]:
+    """A `Usage` for the generation streamed (and read) in this block."""
+    usage = Usage()
+    token = _usage.set(usage)
+    try:
+        yield usage
+    finally:
+        _usage.reset(token)
+
+
+def current_usage() -> Usage | None:
+    """Where the generation being started reports its usage; None when nobody asks,
+    so a provider spares itself the bookkeeping.
+
+    Read it when `stream` begins: the generator's body runs in its caller's
+    context, a thread the provider hands the work to does not."""
+    return _usage.get()
+
+
+def token_count(value: object) -> int | None:
+    """`value` if it is a count: a server's usage figures are not trusted to be."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 @runtime_checkable

@@ -16,7 +16,9 @@ from services.responder.providers.base import (
     ChatMessage,
     CompleteMixin,
     LLMUnavailableError,
+    Usage,
     chat_messages,
+    current_usage,
 )
 from services.responder.settings import ResponderSettings
 from shared.model_thread import ModelThread, default_threads
@@ -104,6 +106,8 @@ class LocalProvider(CompleteMixin):
             raise RuntimeError("LocalProvider.start() was not called")
         # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
         chat = cast(list[ChatCompletionRequestMessage], chat_messages(system, messages))
+        # Read here: the model's thread does not run in this context.
+        usage = current_usage()
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue[str | None] = asyncio.Queue()
         # Set when the caller stops reading: the thread ends at its next token.
@@ -115,7 +119,7 @@ class LocalProvider(CompleteMixin):
         job = asyncio.ensure_future(
             self._thread.run(
                 lambda llm, cancelled: self._generate(
-                    llm, chat, max_tokens, temperature, cancelled, stop, emit
+                    llm, chat, max_tokens, temperature, cancelled, stop, emit, usage
                 )
             )
         )
@@ -141,6 +145,7 @@ class LocalProvider(CompleteMixin):
         cancelled: threading.Event,
         stop: threading.Event,
         emit: Callable[[str | None], None],
+        usage: Usage | None,
     ) -> None:
         chunks = cast(
             Generator[CreateChatCompletionStreamResponse, None, None],
@@ -148,15 +153,26 @@ class LocalProvider(CompleteMixin):
                 messages=chat, max_tokens=max_tokens, temperature=temperature, stream=True
             ),
         )
+        # llama-cpp-python streams no usage figures, so they are read off the
+        # generation: a chunk of text per token, and the context's length when the
+        # first chunk comes (the prompt evaluated, nothing generated evaluated yet).
+        written = 0
         try:
             for chunk in chunks:
                 if stop.is_set() or self._thread.stopping(cancelled):
                     break
+                if usage is not None and usage.input_tokens is None:
+                    usage.input_tokens = llm.n_tokens
                 for choice in chunk["choices"]:
                     content = choice["delta"].get("content")
                     if isinstance(content, str) and content:
                         emit(content)
+                        written += 1
+                    if usage is not None and choice["finish_reason"]:
+                        usage.finish_reason = choice["finish_reason"]
         finally:
+            if usage is not None:
+                usage.output_tokens = written
             # Closed here, on the model's thread: left to the garbage collector,
             # the generator's cleanup could run on another thread.
             chunks.close()

@@ -2,11 +2,11 @@
 
 import json
 from collections.abc import AsyncGenerator, Sequence
-from typing import cast
+from typing import Any, cast
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionStreamOptionsParam
 
 from services.responder.providers.base import (
     ChatMessage,
@@ -14,7 +14,10 @@ from services.responder.providers.base import (
     LLMError,
     LLMRateLimitedError,
     LLMUnavailableError,
+    Usage,
     chat_messages,
+    current_usage,
+    token_count,
 )
 from services.responder.settings import ResponderSettings
 
@@ -61,6 +64,12 @@ class OpenAICompatProvider(CompleteMixin):
         client = self._require_client()
         # Roles are only ever system, user and assistant: the SDK's typed dicts fit.
         chat = cast(list[ChatCompletionMessageParam], chat_messages(system, messages))
+        usage = current_usage()
+        # Asked for only when someone reads it: the request of an untraced
+        # responder stays what every compatible server has always been sent.
+        options: ChatCompletionStreamOptionsParam | openai.Omit = (
+            {"include_usage": True} if usage is not None else openai.omit
+        )
         try:
             # The SDK makes the request (retries, timeouts, error statuses as typed
             # errors), but the event stream is read raw: building a typed chunk
@@ -73,11 +82,12 @@ class OpenAICompatProvider(CompleteMixin):
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stream=True,
+                stream_options=options,
             ) as response:
                 # Leaving this block (the caller closed the stream) closes the
                 # connection: the server stops generating.
                 async for line in response.iter_lines():
-                    text = self._content(line)
+                    text = self._content(line, usage)
                     if text:
                         yield text
         except openai.OpenAIError as err:
@@ -87,7 +97,7 @@ class OpenAICompatProvider(CompleteMixin):
         except (json.JSONDecodeError, TypeError, KeyError, IndexError) as err:
             raise LLMUnavailableError(f"{self._base_url} sent a malformed chunk: {err!r}") from err
 
-    def _content(self, line: str) -> str | None:
+    def _content(self, line: str, usage: Usage | None) -> str | None:
         """The text one server-sent event line carries, if any."""
         if not line.startswith("data:"):
             # Blank separators, `event:` names and `:` keep-alive comments.
@@ -99,6 +109,8 @@ class OpenAICompatProvider(CompleteMixin):
         if chunk.get("error"):
             # A failure after the headers: OpenAI-compatible servers send it in-band.
             raise _stream_error(self._base_url, chunk["error"])
+        if usage is not None:
+            _note_usage(usage, chunk)
         # Some servers send chunks without choices (usage, keep-alives).
         choices = chunk.get("choices") or ()
         if not choices:
@@ -115,6 +127,24 @@ class OpenAICompatProvider(CompleteMixin):
         if self._client is None:
             raise RuntimeError("OpenAICompatProvider.start() was not called")
         return self._client
+
+
+def _note_usage(usage: Usage, chunk: dict[str, Any]) -> None:
+    # Figures come in the last chunk (OpenAI's has no choices, some servers'
+    # has); the finish reason in the chunk that ends the choice. A server's odd
+    # shapes are skipped here, never raised: the reply itself was fine.
+    counts = chunk.get("usage")
+    if isinstance(counts, dict):
+        usage.input_tokens = token_count(counts.get("prompt_tokens"))
+        usage.output_tokens = token_count(counts.get("completion_tokens"))
+        details = counts.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            usage.cache_read_tokens = token_count(details.get("cached_tokens"))
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        if isinstance(reason, str) and reason:
+            usage.finish_reason = reason
 
 
 def _map_error(err: openai.OpenAIError) -> LLMError:

@@ -12,7 +12,7 @@ from faster_whisper import WhisperModel
 
 from services.transcriber.audio import SAMPLE_RATE, Clip
 from services.transcriber.settings import TranscriberSettings
-from services.transcriber.stt.base import STTUnavailableError
+from services.transcriber.stt.base import Hearing, STTUnavailableError, current_hearing
 from shared.model_thread import ModelThread
 from shared.model_thread import default_threads as shared_default_threads
 
@@ -135,7 +135,7 @@ class LocalWhisperSTT:
             # (0.1 to 0.2 s more than later ones here); spend it here rather than on
             # a learner's first question. Faint noise stands in for speech.
             noise = np.random.default_rng(0).standard_normal(_WARM_UP_SAMPLES) * 1e-3
-            self._run(whisper, noise.astype(np.float32), threading.Event())
+            self._run(whisper, noise.astype(np.float32), threading.Event(), None)
         except Exception as err:
             raise RuntimeError(f"cannot load the Whisper model in {self._dir}: {err}") from err
         return whisper
@@ -143,27 +143,38 @@ class LocalWhisperSTT:
     async def transcribe(self, clip: Clip) -> str:
         if not self._thread.started:
             raise RuntimeError("LocalWhisperSTT.start() was not called")
+        hearing = current_hearing()
         try:
             # The clip's samples were decoded to 16 kHz mono when it was validated:
             # handing over the array spares a second decode by PyAV.
             return await self._thread.run(
-                lambda whisper, cancelled: self._run(whisper, clip.samples, cancelled)
+                lambda whisper, cancelled: self._run(whisper, clip.samples, cancelled, hearing)
             )
         except Exception as err:
             raise STTUnavailableError(f"local Whisper model failed: {err}") from err
 
     def _run(
-        self, whisper: Any, samples: npt.NDArray[np.float32], cancelled: threading.Event
+        self,
+        whisper: Any,
+        samples: npt.NDArray[np.float32],
+        cancelled: threading.Event,
+        hearing: Hearing | None,
     ) -> str:
         # `transcribe` returns a lazy generator: the decoding happens while it is
         # consumed, which must be here, on the model's thread.
-        segments, _info = whisper.transcribe(samples, **DECODE_OPTIONS)
+        segments, info = whisper.transcribe(samples, **DECODE_OPTIONS)
         parts: list[str] = []
+        no_speech: list[float] = []
         for segment in segments:
             # Checked between 30 s windows: an abandoned long clip frees the model sooner.
             if self._thread.stopping(cancelled):
                 break
             parts.append(segment.text)
+            no_speech.append(segment.no_speech_prob)
+        if hearing is not None:
+            hearing.language = info.language
+            hearing.segments = len(parts)
+            hearing.no_speech_prob = max(no_speech, default=None)
         return "".join(parts).strip()
 
     async def aclose(self) -> None:

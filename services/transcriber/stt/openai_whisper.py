@@ -8,7 +8,12 @@ import openai
 
 from services.transcriber.audio import MIME_TYPES, Clip
 from services.transcriber.settings import TranscriberSettings
-from services.transcriber.stt.base import STTError, STTRateLimitedError, STTUnavailableError
+from services.transcriber.stt.base import (
+    STTError,
+    STTRateLimitedError,
+    STTUnavailableError,
+    current_hearing,
+)
 
 # Self-hosted servers ignore the key but the SDK insists on one. Passing it
 # explicitly also stops the SDK from reading the environment on its own.
@@ -67,6 +72,11 @@ class OpenAIWhisperSTT:
         text = getattr(result, "text", None)
         if not isinstance(text, str):
             raise STTUnavailableError(f"{self._where} answered without a transcript text")
+        hearing = current_hearing()
+        if hearing is not None:
+            # The language is the one asked for. Whisper's no-speech estimates come
+            # only with `verbose_json`, which the gpt-4o transcription models refuse.
+            hearing.language = LANGUAGE
         return text
 
     async def aclose(self) -> None:
