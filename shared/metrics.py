@@ -7,7 +7,8 @@
   not see WebSockets).
 - The figures voice agents are judged by, observed where a learner waits: time
   to the first piece of a reply and to the whole reply, and, from the reply's
-  `timings`, the transcription, the model's first token and the whole model call.
+  `timings`, the transcription, the model's first token and the whole model call;
+  at the responder, the tokens of each model call, as its provider reports them.
 - For every consumer group of the pipeline, its pending entries and lag (XINFO
   GROUPS), from every service, so a worker that stopped still shows its backlog
   (take the max over instances).
@@ -77,6 +78,12 @@ MODEL = Histogram(
     "The whole language-model call of one reply",
     ["source"],
     buckets=_LATENCY,
+)
+MODEL_TOKENS = Histogram(
+    "lva_model_tokens",
+    "Tokens of one model call, as its provider reports them (input includes the context)",
+    ["provider", "direction"],
+    buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
 )
 REPLIES = Counter("lva_replies_total", "Replies to learners, by outcome", ["source", "outcome"])
 WS_CONNECTIONS = Gauge("lva_websocket_connections", "Open WebSocket connections", ["endpoint"])

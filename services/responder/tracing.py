@@ -7,8 +7,9 @@ Each span is given the session's id itself, so it has it even where its parent
 was not given one. The learner's words and the companion's reply go on a span
 only when the operator opted in (OTEL_CAPTURE_CONTENT), as the GenAI conventions'
 `gen_ai.input.messages` and `gen_ai.output.messages` (JSON). With tracing off
-every span is the API's non-recording one and nothing more is done: no usage is
-asked of the provider, no message is serialised.
+every span is the API's non-recording one and nothing more is done for it (no
+message is serialised); the provider still reports its usage, for the tokens
+metric.
 """
 
 import contextlib
@@ -20,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AttributeValue
 
 from services.responder.providers.base import ChatMessage, LLMProvider, Usage, reporting_usage
-from shared import telemetry
+from shared import metrics, telemetry
 
 # `gen_ai.provider.name` of the built-in providers (the conventions' names where
 # they have one); a provider of the operator's own goes by its `name`.
@@ -83,10 +84,11 @@ def redis_span(
 class ChatCall:
     """The span of one model call while its reply streams (see `chat`)."""
 
-    def __init__(self, current: trace.Span, usage: Usage | None) -> None:
+    def __init__(self, current: trace.Span, usage: Usage | None, provider: str = "") -> None:
         self.span = current
         self.recording = current.is_recording()
         self._usage = usage
+        self._provider = provider
         # The reply as written, kept only when it may go on the span.
         self.written: list[str] | None = (
             [] if self.recording and telemetry.capture_content() else None
@@ -98,11 +100,21 @@ class ChatCall:
             self.span.set_attribute("lva.first_token_ms", ms)
             self.span.set_attribute("gen_ai.response.time_to_first_chunk", ms / 1000)
 
+    def _count_tokens(self) -> None:
+        usage = self._usage
+        if usage is None:
+            return
+        provider = GENAI_PROVIDERS.get(self._provider, self._provider)
+        for direction, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+            if count is not None:
+                metrics.MODEL_TOKENS.labels(provider, direction).observe(count)
+
     def failed(self, code: str) -> None:
         telemetry.failed(self.span, code)
 
     def ended(self, *, cancelled: bool, stopped_early: bool) -> None:
         """The generation is over: what it cost, why it ended, what it wrote."""
+        self._count_tokens()
         if not self.recording:
             return
         if cancelled:
@@ -130,10 +142,6 @@ class ChatCall:
             )
 
 
-# What a call that is not traced gets: it keeps nothing, so one serves them all.
-_UNTRACED = ChatCall(trace.INVALID_SPAN, None)
-
-
 @contextlib.contextmanager
 def chat(
     llm: LLMProvider,
@@ -146,7 +154,9 @@ def chat(
     """The CLIENT span `chat {model}` around one streamed generation; the provider
     reports its usage into it (see `providers.base.Usage`)."""
     if not telemetry.enabled():
-        yield _UNTRACED
+        # No span, but the tokens are still counted for the metrics.
+        with reporting_usage() as usage:
+            yield ChatCall(trace.INVALID_SPAN, usage, llm.name)
         return
     with _tracer().start_as_current_span(
         f"chat {llm.model}",
@@ -155,7 +165,8 @@ def chat(
         set_status_on_exception=False,
     ) as current:
         if not current.is_recording():
-            yield _UNTRACED
+            with reporting_usage() as usage:
+                yield ChatCall(trace.INVALID_SPAN, usage, llm.name)
             return
         current.set_attributes(
             {
@@ -171,7 +182,7 @@ def chat(
         if telemetry.capture_content():
             current.set_attribute("gen_ai.input.messages", _input_messages(messages))
         with reporting_usage() as usage:
-            yield ChatCall(current, usage)
+            yield ChatCall(current, usage, llm.name)
 
 
 def _input_messages(messages: Sequence[ChatMessage]) -> str:

@@ -73,6 +73,9 @@ async def test_every_service_counts_what_it_just_did(
         status="acked",
     )
     assert processed >= 3
+    # The provider's own count of the tokens of each call (the wire server reports them).
+    assert value(responder, "lva_model_tokens_count", provider="openai", direction="output") >= 3
+    assert value(responder, "lva_model_tokens_sum", provider="openai", direction="input") > 0
     archiver = scrape(services["archiver"])
     assert value(archiver, "faststream_received_messages_total", handler="exchange.completed") >= 1
 

@@ -14,6 +14,7 @@ from itertools import count
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -23,7 +24,6 @@ from services.responder.context import ContextStore
 from services.responder.providers.base import (
     ChatMessage,
     LLMUnavailableError,
-    Usage,
     current_usage,
 )
 from services.responder.service import Responder
@@ -290,15 +290,16 @@ async def test_spans_under_a_bound_consume_span_carry_its_session(
     assert all(s.attributes and s.attributes["session.id"] == "s-bound" for s in spans.all())
 
 
-async def test_without_tracing_no_usage_is_asked_of_the_provider(
+async def test_without_tracing_usage_is_still_counted_for_the_metrics(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No provider, as in a process with no collector configured (whatever an
     # earlier test of this run installed).
     monkeypatch.setattr(trace, "get_tracer_provider", trace.NoOpTracerProvider)
-    seen: list[Usage | None] = []
 
-    class Watching(CountingModel):
+    class Reporting(CountingModel):
+        name = "reporting-model"
+
         async def stream(
             self,
             system: str,
@@ -307,14 +308,21 @@ async def test_without_tracing_no_usage_is_asked_of_the_provider(
             max_tokens: int,
             temperature: float,
         ) -> AsyncGenerator[str, None]:
-            seen.append(current_usage())
+            usage = current_usage()
+            assert usage is not None, "the responder asked for no usage"
+            usage.input_tokens, usage.output_tokens = 120, 7
             yield "Hello there."
 
+    def counted(direction: str) -> float:
+        labels = {"provider": "reporting-model", "direction": direction}
+        return REGISTRY.get_sample_value("lva_model_tokens_sum", labels) or 0.0
+
+    before = counted("input"), counted("output")
     store = ContextStore(redis, max_exchanges=5, ttl_s=1800)
-    responder = Responder(store, Watching(), ResponderSettings(_env_file=None))
+    responder = Responder(store, Reporting(), ResponderSettings(_env_file=None))
     reply, _ = await responder.answer(utterance(session_id="s-off"))
     assert reply is not None and reply.agent_text.startswith("Hello there.")
-    assert seen == [None]
+    assert (counted("input") - before[0], counted("output") - before[1]) == (120, 7)
 
 
 async def test_a_redis_failure_marks_the_context_span_with_its_type_only(
