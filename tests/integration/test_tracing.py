@@ -113,8 +113,12 @@ async def test_a_streamed_audio_utterance_is_one_trace_across_four_services(
     assert (root.service, root.name) == ("gateway", "turn")
     assert root.attributes["lva.source"] == "websocket"
     assert root.attributes["lva.cancelled"] is False
-    # Its own trace, linked to the connection's (which lives as long as the socket).
-    assert root.links
+    # Its own trace, linked to the connection's (which lives as long as the socket),
+    # where FastAPI's instrumentation has a span for each WebSocket message.
+    (connection,) = root.links
+    messages = [s.name for s in collector.trace(connection) if "websocket" in s.name]
+    assert any("receive" in name for name in messages), messages
+    assert any("send" in name for name in messages), messages
     names = {(s.service, s.name) for s in spans}
     assert ("archiver", "archive.write") in names
     assert {("transcriber", "stt"), ("responder", "context.read")} <= names
