@@ -12,6 +12,7 @@ import sys
 from typing import Literal
 
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -41,6 +42,8 @@ def _json_formatter() -> logging.Formatter:
         "{asctime}{levelname}{name}{message}{service}{instance}",
         style="{",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        # uvicorn's copy of the message with terminal colour codes.
+        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         timestamp=False,
     )
 

@@ -55,3 +55,14 @@ def test_text_lines_are_for_people(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.rstrip().endswith("INFO    lva.test: plain")
     with pytest.raises(json.JSONDecodeError):
         json.loads(err)
+
+
+def test_uvicorns_coloured_copy_of_the_message_is_left_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_logging("INFO", service="gateway", fmt="json")
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 7, extra={"color_message": "\x1b[36m%d\x1b[0m"}
+    )
+    line = _line(capsys)
+    assert line["message"] == "Started server process [7]" and "color_message" not in line
