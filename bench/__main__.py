@@ -12,7 +12,9 @@
   typed message's first words on screen (bench.pwa_bench);
 - telephony: signed Twilio webhooks to their TwiML, and relay calls
   (bench.telephony_bench);
-- tracing: the cost of exporting every span (bench.tracing_bench).
+- tracing: the cost of exporting every span (bench.tracing_bench);
+- recovery: a backlog of expired work draining, and the services carrying on
+  after Redis is flushed or restarted (bench.recovery_bench).
 
 Tables go to stdout as they are measured, to bench/results/<section>.md, and
 together with the machine's description to bench/results/latest.md. Progress
@@ -30,6 +32,7 @@ from types import FrameType
 
 from bench import (
     pwa_bench,
+    recovery_bench,
     search_bench,
     stream_bench,
     system_bench,
@@ -42,13 +45,17 @@ from bench.report import RESULTS_DIR, Section, emit, write_results
 log = logging.getLogger("bench")
 
 QUICK_SEARCH_ROWS = 20_000
+# Every benchmark, in the order a full run takes them.
+GROUPS = (
+    "system", "ws", "stream", "voice", "search", "pwa", "telephony", "tracing", "recovery",
+)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--only",
-        choices=("system", "ws", "stream", "voice", "search", "pwa", "telephony", "tracing"),
+        choices=GROUPS,
         default=None,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -100,11 +107,7 @@ def sizes_for(args: argparse.Namespace) -> system_bench.Sizes:
 
 def run(args: argparse.Namespace, command: str) -> list[Section]:
     sizes = sizes_for(args)
-    groups = (
-        [args.only]
-        if args.only
-        else ["system", "ws", "stream", "voice", "search", "pwa", "telephony", "tracing"]
-    )
+    groups = [args.only] if args.only else list(GROUPS)
     sections: list[Section] = []
     for group in groups:
         log.info("running %s benchmarks", group)
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace, command: str) -> list[Section]:
             measured = telephony_bench.run_telephony(args.quick)
         elif group == "tracing":
             measured = tracing_bench.run_tracing(args.quick)
+        elif group == "recovery":
+            measured = recovery_bench.run_recovery(args.quick)
         elif group == "system":
             measured = system_bench.run_system(sizes)
         elif group == "stream":

@@ -28,6 +28,9 @@ SECTION_ORDER = (
     "voice",
     "search",
     "pwa",
+    "telephony",
+    "tracing",
+    "recovery",
 )
 
 
