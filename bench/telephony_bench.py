@@ -34,7 +34,7 @@ VOICE_TARGET_MS = 50.0
 SPEECH_TARGET_MS = 250.0
 FIRST_TOKEN_TARGET_MS = 200.0
 # Simultaneous relay calls tried, in order, until the p95 first token passes the target.
-RELAY_LOADS = (1, 10, 25, 50, 75, 100, 150, 200)
+RELAY_LOADS = (1, 10, 25, 50, 100, 200, 300, 400, 600)
 RELAY_TURNS = 5
 RELAY_TURN_GAP_S = 1.0
 
