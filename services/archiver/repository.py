@@ -396,8 +396,14 @@ class Archive:
         if not exchanges:
             return 0
         rows = [_row(exchange) for exchange in exchanges]
+        # Only a phone call has call events: the other exchanges of a batch (most,
+        # usually all) cost no look-up.
+        calls = [i for i, exchange in enumerate(exchanges) if exchange.source == "twilio"]
         async with self._transaction() as writer:
-            rows = await _with_call_events(writer, rows)
+            if calls:
+                amended = await _with_call_events(writer, [rows[i] for i in calls])
+                for i, row in zip(calls, amended, strict=True):
+                    rows[i] = row
             cursor = await writer.executemany(_INSERT, rows)
             # rowcount sums the rows each INSERT changed (skipped ones: 0);
             # rows written by triggers are not counted.

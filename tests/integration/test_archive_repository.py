@@ -96,7 +96,8 @@ def exchange(
     extra = {"event_id": event_id} if event_id else {}
     return ExchangeCompleted(
         session_id=session_id,
-        source="api",
+        # A call's exchanges come from telephony, as the archive expects of them.
+        source="twilio" if session_id.startswith("twilio_") else "api",
         occurred_at=occurred_at,
         user_text=user_text,
         agent_text=agent_text,
@@ -388,7 +389,7 @@ async def test_an_interrupted_reply_is_stored_as_heard_in_either_order(
     agent_text, metadata = captured(archive.path, "call-1")
     assert agent_text == HEARD
     assert metadata["interrupted"] == {"heard_ms": 1800, "written_text": WRITTEN}
-    assert metadata["source"] == "api"
+    assert metadata["source"] == "twilio"
     agent_text, metadata = captured(archive.path, "call-2")
     assert agent_text == WRITTEN
     assert "interrupted" not in metadata
@@ -754,3 +755,14 @@ def test_database_url_forms(url: str, expected: Path) -> None:
 def test_bad_database_urls(url: str) -> None:
     with pytest.raises(ValueError):
         database_path(url)
+
+
+async def test_exchanges_that_are_no_call_are_not_looked_up(archive: Archive) -> None:
+    """Call events concern phone calls only: a batch of other exchanges is written
+    without looking for any (the usual batch pays nothing for them)."""
+    # An interruption naming a web exchange's id (which telephony never sends)
+    # is not applied to it: only a call's exchanges are looked up.
+    assert await archive.save_call_events([interrupted("web-1", "Tides")]) == 1
+    assert await archive.save_many([exchange("Tides rise", event_id="web-1")]) == 1
+    agent_text, metadata = captured(archive.path, "web-1")
+    assert agent_text == "Tell me more." and "interrupted" not in metadata
