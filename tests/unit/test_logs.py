@@ -61,7 +61,9 @@ def test_uvicorns_coloured_copy_of_the_message_is_left_out(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     setup_logging("INFO", service="gateway", fmt="json")
-    logging.getLogger("uvicorn.error").info(
+    # As uvicorn logs it (through a logger of our own: uvicorn's may have been
+    # configured by an earlier test's server).
+    logging.getLogger("lva.test").info(
         "Started server process [%d]", 7, extra={"color_message": "\x1b[36m%d\x1b[0m"}
     )
     line = _line(capsys)
