@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from shared.events import PARTIAL_REPLIES, AnyReply, ConversationReply, DeltaReply, Reply
 from shared.settings import CommonSettings
 from shared.streams import REPLY_STREAMS, Keys, reply_stream
+from shared.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,6 @@ READ_BATCH = 500
 REGISTRY_MARK = "(registry)"
 # The reader counts as running while its last read returned this recently.
 READER_STALE_S = READ_BLOCK_MS / 1000 * 5
-# How long stopping the reader and the heartbeat may take, and how often one that
-# has not ended yet is cancelled again.
-STOP_TIMEOUT_S = 5.0
-STOP_RETRY_S = 0.5
 
 # KEYS: reply stream, registry, and optionally a cancel key. ARGV: maxlen, field,
 # data, ttl for an unowned stream. With the cancel key set, nothing is sent (-1):
@@ -303,21 +300,7 @@ class ReplyRouter:
         ]
 
     async def stop(self) -> None:
-        # One cancel can be lost: on Python 3.11 redis-py sends each command inside
-        # asyncio.wait_for, which drops a cancel that comes just as the write ends,
-        # and the reader then reads on. Awaiting it after a single cancel would hold
-        # the service's shutdown forever: cancel again until both end, within a bound.
-        pending = {t for t in self._tasks if not t.done()}
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while pending and time.monotonic() < deadline:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=STOP_RETRY_S)
-        for task in pending:
-            log.warning("%s did not stop within %g s", task.get_name(), STOP_TIMEOUT_S)
-        for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.warning("%s had failed: %r", task.get_name(), task.exception())
+        await cancel_all(self._tasks, "reply router task")
         # Redis may be gone already (shutting down together): the stream then expires
         # through the heartbeat registry of the instances that remain.
         with contextlib.suppress(RedisError, OSError, TimeoutError):

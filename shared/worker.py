@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
@@ -24,14 +23,11 @@ from shared.delivery import Leases, Reclaimer
 from shared.process import attach_server, exit_code
 from shared.settings import CommonSettings
 from shared.supervision import Supervisor
+from shared.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
-# How long stopping the background helpers may take, and how often a helper that
-# has not ended yet is cancelled again.
-STOP_TIMEOUT_S = 5.0
-STOP_RETRY_S = 0.5
 
 
 class BackgroundTasks:
@@ -47,23 +43,7 @@ class BackgroundTasks:
         self._tasks.append(asyncio.create_task(run(), name=name))
 
     async def stop(self) -> None:
-        # A cancel can be swallowed by a library on its way out (redis-py's
-        # connection handling, caught mid-reconnect under load, was seen to), and
-        # the task then awaits again: cancel again until it ends, within a bound,
-        # rather than hold the whole shutdown up forever.
-        pending = {t for t in self._tasks if not t.done()}
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while pending and time.monotonic() < deadline:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=STOP_RETRY_S)
-        for task in pending:
-            log.warning(
-                "background task %s did not stop within %g s", task.get_name(), STOP_TIMEOUT_S
-            )
-        for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.warning("background task %s had failed: %r", task.get_name(), task.exception())
+        await cancel_all(self._tasks, "background task")
         self._tasks.clear()
 
 

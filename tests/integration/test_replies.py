@@ -13,7 +13,7 @@ from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
 
 from services.gateway.main import SERVICE
-from shared import replies
+from shared import replies, tasks
 from shared.broker import make_broker, redis_client
 from shared.events import SummaryReply
 from shared.replies import STALE_AFTER_S, ReplyRouter, ReplySender
@@ -133,7 +133,7 @@ async def test_stopping_ends_the_reader_even_when_a_cancel_is_lost(
         # Not under a timeout: its cancel would reach the reader through stop()'s
         # await and end it, hiding a stop() that waits for ever.
         stopping = asyncio.create_task(router.stop())
-        done, _ = await asyncio.wait({stopping}, timeout=replies.STOP_TIMEOUT_S)
+        done, _ = await asyncio.wait({stopping}, timeout=tasks.STOP_TIMEOUT_S)
         assert stopping in done, "stop() still waits for a reader that lost its cancel"
         assert lost == [True]
         assert router.reader_state == "stopped"
