@@ -1,27 +1,11 @@
 """Services as real processes on a real Redis: work sharing, reply routing, recovery."""
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.services import ServiceProcess, start_service
 from tests.support.stack import archived, base_env, converse, eventually
 from tests.wire.openai_server import OpenAIWireServer
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[OpenAIWireServer]:
-    with OpenAIWireServer() as server:
-        yield server
-
-
-@pytest.fixture
-def llm_echo(llm: OpenAIWireServer) -> OpenAIWireServer:
-    llm.reset()
-    llm.echo = True
-    return llm
 
 
 def stop_all(services: list[ServiceProcess]) -> None:
@@ -30,10 +14,10 @@ def stop_all(services: list[ServiceProcess]) -> None:
 
 
 async def test_two_responders_share_work_and_replies_reach_the_right_gateway(
-    redis_url: str, llm_echo: OpenAIWireServer, tmp_path: Path
+    redis_url: str, echo: OpenAIWireServer, tmp_path: Path
 ) -> None:
     db = tmp_path / "archive.db"
-    env = base_env(redis_url, llm_echo, db)
+    env = base_env(redis_url, echo, db)
     services = [
         start_service("archiver", env, tmp_path),
         start_service("responder", env, tmp_path, label="responder-a"),
@@ -61,20 +45,20 @@ async def test_two_responders_share_work_and_replies_reach_the_right_gateway(
 
 
 async def test_a_message_held_by_a_killed_responder_is_answered_by_another(
-    redis_url: str, llm_echo: OpenAIWireServer, tmp_path: Path
+    redis_url: str, echo: OpenAIWireServer, tmp_path: Path
 ) -> None:
     db = tmp_path / "archive.db"
-    env = base_env(redis_url, llm_echo, db)
+    env = base_env(redis_url, echo, db)
     archiver = start_service("archiver", env, tmp_path)
     doomed = start_service("responder", env, tmp_path, label="responder-doomed")
     gateway = start_service("gateway", env, tmp_path)
     survivor: ServiceProcess | None = None
     try:
-        llm_echo.delay = 3.0  # the doomed responder is mid-call when it dies
+        echo.delay = 3.0  # the doomed responder is mid-call when it dies
         request = asyncio.create_task(converse(gateway, "s-recover", "remember this thought"))
-        await eventually(lambda: len(llm_echo.requests) == 1, timeout=10)
+        await eventually(lambda: len(echo.requests) == 1, timeout=10)
         doomed.kill()
-        llm_echo.delay = 0.0
+        echo.delay = 0.0
         survivor = start_service("responder", env, tmp_path, label="responder-survivor")
         reply = await request
         assert "remember this thought" in reply["agent_text"]

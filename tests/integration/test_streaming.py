@@ -35,12 +35,6 @@ DETAILED = "I spent the afternoon at the beach watching the tide come in slowly"
 PIECE_DELAY_S = 0.1
 
 
-@pytest.fixture(scope="module")
-def llm() -> Iterator[OpenAIWireServer]:
-    with OpenAIWireServer() as server:
-        yield server
-
-
 @pytest.fixture
 def slow_llm(llm: OpenAIWireServer) -> OpenAIWireServer:
     llm.reset()

@@ -47,19 +47,6 @@ SLOW_DEADLINE_S = 1
 QUIET_S = 1.0
 
 
-@pytest.fixture(scope="module")
-def llm() -> Iterator[OpenAIWireServer]:
-    with OpenAIWireServer() as server:
-        yield server
-
-
-@pytest.fixture
-def echo(llm: OpenAIWireServer) -> OpenAIWireServer:
-    llm.reset()
-    llm.echo = True
-    return llm
-
-
 @dataclass
 class Stack:
     telephony: ServiceProcess

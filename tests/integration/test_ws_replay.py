@@ -39,12 +39,6 @@ PIECE_DELAY_S = 0.1
 QUIET_S = 1.5
 
 
-@pytest.fixture(scope="module")
-def llm() -> Iterator[OpenAIWireServer]:
-    with OpenAIWireServer() as server:
-        yield server
-
-
 @pytest.fixture
 def slow_llm(llm: OpenAIWireServer) -> OpenAIWireServer:
     llm.reset()
