@@ -51,6 +51,7 @@ ERROR_STATUS = {
     "audio_too_long": 413,
     "transcription_failed": 502,
     "internal": 500,
+    "dead_letter": 500,
 }
 
 

@@ -76,4 +76,4 @@ class CancelWatch:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()

@@ -6,7 +6,8 @@ Redis Streams. Each worker runs a `Reclaimer` that claims entries pending longer
 than RECLAIM_IDLE_MS (XAUTOCLAIM) and puts them back at the end of the stream with
 a failure count, so any live replica takes them. After MAX_DELIVERIES failed
 deliveries the entry goes to the `dead.letters` stream for an operator instead of
-failing forever. Handlers are idempotent (event ids), so a delivery that was slow
+failing forever, and whoever waits for its reply is told so at once
+(`shared.dead_letters`). Handlers are idempotent (event ids), so a delivery that was slow
 rather than lost costs work, not correctness.
 
 A live consumer keeps what it holds: on every tick its reclaimer renews its own
@@ -28,12 +29,14 @@ from faststream import BaseMiddleware
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from shared import dead_letters
+from shared.dead_letters import FAILED_FIELD
+from shared.replies import ReplySender
 from shared.settings import CommonSettings
 from shared.streams import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
-FAILED_FIELD = b"lva-failed"
 # A consumer idle this long with nothing pending is a replica that is gone.
 DEAD_CONSUMER_IDLE_MS = 3_600_000
 # Pending entries read per XPENDING call when renewing.
@@ -141,6 +144,7 @@ class Reclaimer:
         self.group = group
         self.consumer = settings.instance_id
         self._leases = leases
+        self._replies = ReplySender(redis, settings)
 
     async def run_once(self) -> int:
         """Claim every entry idle past the limit; return how many were handed back."""
@@ -169,8 +173,9 @@ class Reclaimer:
             await self._redis.xack(self.stream, self.group, entry_id)
             return
         failed = int(fields.get(FAILED_FIELD, b"0")) + 1
+        dead = failed >= self._settings.max_deliveries
         async with self._redis.pipeline(transaction=True) as pipe:
-            if failed >= self._settings.max_deliveries:
+            if dead:
                 log.error(
                     "%s entry %s failed %d deliveries; moved to %s",
                     self.stream,
@@ -178,14 +183,14 @@ class Reclaimer:
                     failed,
                     DEAD_LETTERS,
                 )
-                dead = {
-                    **fields,
-                    FAILED_FIELD: str(failed).encode(),
-                    b"lva-stream": self.stream.encode(),
-                    b"lva-group": self.group.encode(),
-                    b"lva-entry": entry_id,
-                }
-                pipe.xadd(DEAD_LETTERS, dead, maxlen=self._settings.stream_maxlen)  # type: ignore[arg-type]
+                dead_letters.bury(
+                    pipe,
+                    fields,
+                    stream=self.stream,
+                    group=self.group,
+                    entry_id=entry_id,
+                    failures=failed,
+                )
             else:
                 log.warning(
                     "%s entry %s was not acknowledged in time (failure %d); delivering again",
@@ -197,6 +202,9 @@ class Reclaimer:
                 pipe.xadd(self.stream, again, maxlen=self._settings.stream_maxlen)  # type: ignore[arg-type]
             pipe.xack(self.stream, self.group, entry_id)
             await pipe.execute()
+        if dead:
+            # Now, not at the asker's deadline: no later delivery will answer it.
+            await dead_letters.tell_asker(self._replies, fields, failed)
 
     async def forget_dead_consumers(self) -> None:
         """Drop consumers of earlier processes: idle for an hour with nothing pending."""

@@ -205,6 +205,8 @@ ErrorCode = Literal[
     "no_speech",
     "transcription_failed",
     "internal",
+    # The message failed MAX_DELIVERIES times and waits in dead.letters.
+    "dead_letter",
 ]
 
 

@@ -10,8 +10,8 @@
   `timings`, the transcription, the model's first token and the whole model call;
   at the responder, the tokens of each model call, as its provider reports them.
 - For every consumer group of the pipeline, its pending entries and lag (XINFO
-  GROUPS), from every service, so a worker that stopped still shows its backlog
-  (take the max over instances).
+  GROUPS), and the dead letters of each stream, from every service, so a worker
+  that stopped still shows its backlog (take the max over instances).
 """
 
 import asyncio
@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from shared import dead_letters
 from shared.events import Timings
 from shared.streams import (
     ARCHIVE_QUERIES,
@@ -48,6 +49,8 @@ PIPELINE = (
 GROUPS_EVERY_S = 5.0
 # Where lag must be counted entry by entry, it is counted up to this many.
 LAG_COUNT_CAP = 10_000
+# Every stream a dead-letter count was exported for.
+_dead_letter_streams: set[str] = set()
 
 FIRST_PIECE = Histogram(
     "lva_reply_first_piece_seconds",
@@ -102,6 +105,11 @@ GROUP_LAG = Gauge(
     "Entries of the stream not yet delivered to the group (XINFO GROUPS lag)",
     ["stream", "group"],
 )
+DEAD_LETTERS = Gauge(
+    "lva_dead_letters",
+    "Messages waiting in dead.letters, by the stream they came from",
+    ["stream"],
+)
 
 
 def observe_reply(source: str, input_kind: str, seconds: float, timings: Timings) -> None:
@@ -154,6 +162,11 @@ async def read_groups(redis: Redis) -> None:
                 # mid-stream): count what lies past the last delivered entry.
                 lag = await _undelivered(redis, stream, group["last-delivered-id"])
             GROUP_LAG.labels(stream, name).set(int(lag))
+    waiting = await dead_letters.counts(redis)
+    # Streams whose dead letters were all replayed or dropped read 0, not their last count.
+    for stream in set(waiting) | set(_dead_letter_streams):
+        DEAD_LETTERS.labels(stream).set(waiting.get(stream, 0))
+    _dead_letter_streams.update(waiting)
 
 
 async def _undelivered(redis: Redis, stream: str, last_delivered: bytes | str) -> int:

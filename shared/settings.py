@@ -63,6 +63,11 @@ class CommonSettings(BaseSettings):
     max_hold_s: float = 600.0
     # After this many deliveries a message goes to the dead-letter stream.
     max_deliveries: int = 5
+    # A model or speech-to-text provider that fails this many calls in a row
+    # (after the SDK's own retries) is not called for BREAKER_OPEN_S seconds:
+    # learners get the apology at once (shared.breaker).
+    breaker_failures: int = Field(5, ge=1)
+    breaker_open_s: float = Field(30.0, gt=0)
     # How often a worker checks that its consumer groups exist and its subscribers
     # run, recreating and restarting them after a Redis flush or an empty restart.
     supervise_interval_s: float = 1.0

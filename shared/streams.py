@@ -45,6 +45,8 @@ class Keys:
     # Sorted set of session ids scored by last activity (unix seconds), so
     # /api/stats lists active sessions without SCAN.
     ACTIVE_SESSIONS: Final = "sessions:active"
+    # Hash: how many entries of `dead.letters` came from each stream.
+    DEAD_LETTER_COUNTS: Final = "dead.letters.counts"
 
     @staticmethod
     def context(session_id: str) -> str:

@@ -14,10 +14,12 @@ from faststream.asgi import AsgiFastStream
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage
 from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import Redis
 
 from services.archiver import tracing
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings
+from shared import dead_letters
 from shared.events import (
     AnyArchiveQuery,
     AnyCallEvent,
@@ -74,8 +76,7 @@ async def answer(archive: Archive, query: AnyArchiveQuery) -> Reply:
 
 
 async def readable(
-    broker: RedisBroker,
-    settings: ArchiverSettings,
+    redis: Redis,
     stream: str,
     bodies: list[Any],
     message: RedisBatchStreamMessage,
@@ -100,11 +101,8 @@ async def readable(
             carried.append(head)
         except ValidationError as exc:
             log.error("unreadable %s entry moved to %s: %s", stream, DEAD_LETTERS, exc)
-            await broker.publish(
-                body,
-                stream=DEAD_LETTERS,
-                maxlen=settings.stream_maxlen,
-                headers={"lva-stream": stream, "lva-reason": str(exc)[:500]},
+            await dead_letters.bury_unreadable(
+                redis, body, head, stream=stream, group=Groups.ARCHIVER, reason=str(exc)
             )
     return accepted, carried
 
@@ -125,7 +123,7 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
     )
     async def on_exchanges(bodies: list[Any], message: RedisBatchStreamMessage) -> None:
         exchanges, carried = await readable(
-            broker, settings, EXCHANGE_COMPLETED, bodies, message, _exchange_adapter
+            worker.redis, EXCHANGE_COMPLETED, bodies, message, _exchange_adapter
         )
         if exchanges:
             with tracing.writing("archive.write", exchanges, carried):
@@ -145,7 +143,7 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
     )
     async def on_call_events(bodies: list[Any], message: RedisBatchStreamMessage) -> None:
         events, carried = await readable(
-            broker, settings, CALL_EVENTS, bodies, message, _call_event_adapter
+            worker.redis, CALL_EVENTS, bodies, message, _call_event_adapter
         )
         if events:
             with tracing.writing("archive.amend", events, carried):

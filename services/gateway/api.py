@@ -171,6 +171,7 @@ async def stats(backend: BackendDep) -> StatsResponse:
             last_capture=db.last_capture,
         ),
         sessions=SessionStats(active=active, ids=ids),
+        dead_letters=await backend.dead_letters(),
     )
 
 

@@ -5,6 +5,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.gateway.settings import GatewaySettings
+from shared import dead_letters
 from shared.asking import Conversations, R, unavailable
 from shared.events import (
     ArchiveQuery,
@@ -62,6 +63,12 @@ class Backend(Conversations):
             ),
             StatsReply,
         )
+
+    async def dead_letters(self) -> dict[str, int]:
+        try:
+            return await dead_letters.counts(self._redis)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
 
     async def active_sessions(self) -> tuple[int, list[str]]:
         try:

@@ -52,6 +52,9 @@ class SessionStats(BaseModel):
 class StatsResponse(BaseModel):
     database: DatabaseStats
     sessions: SessionStats
+    # Messages the workers gave up on, per stream they came from (v2; see
+    # `python -m scripts.dead_letters`).
+    dead_letters: dict[str, int] = {}
 
 
 class HistoryResponse(BaseModel):

@@ -7,6 +7,7 @@ from faststream.redis import RedisBroker, StreamSub
 
 from services.responder.context import ContextStore
 from services.responder.providers import create_provider
+from services.responder.providers.guarded import guarded
 from services.responder.service import PieceSink, Responder
 from services.responder.settings import ResponderSettings
 from shared import telemetry
@@ -29,7 +30,7 @@ class _Runtime:
 def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
     worker = Worker(settings, SERVICE)
     broker = worker.broker
-    llm = create_provider(settings)
+    llm = guarded(create_provider(settings), settings)
     rt = _Runtime()
 
     def group(stream: str) -> "StreamSub[Literal[False]]":

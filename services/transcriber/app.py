@@ -8,6 +8,7 @@ from faststream.redis import RedisBroker, StreamSub
 from services.transcriber.service import Transcriber
 from services.transcriber.settings import TranscriberSettings
 from services.transcriber.stt import create_stt
+from services.transcriber.stt.guarded import guarded
 from shared import telemetry
 from shared.events import AudioReceived, UtteranceReceived
 from shared.replies import ReplySender
@@ -27,7 +28,7 @@ class _Runtime:
 def build(settings: TranscriberSettings) -> tuple[RedisBroker, AsgiFastStream]:
     worker = Worker(settings, SERVICE)
     broker = worker.broker
-    stt = create_stt(settings)
+    stt = guarded(create_stt(settings), settings)
     rt = _Runtime()
 
     # A replica claims at most what it works on at once, so a backlog of clips is

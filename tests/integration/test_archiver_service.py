@@ -10,13 +10,13 @@ from typing import Any, cast
 import httpx
 import pytest
 from faststream.redis import RedisBroker
-from faststream.redis.parser import BinaryMessageFormatV1
 from redis.asyncio import Redis
 
+from shared import dead_letters
 from shared.broker import make_broker
 from shared.events import CallRecorded, ExchangeCompleted, ReplyInterrupted
 from shared.settings import CommonSettings
-from shared.streams import CALL_EVENTS, DEAD_LETTERS, EXCHANGE_COMPLETED, Groups
+from shared.streams import CALL_EVENTS, EXCHANGE_COMPLETED, Groups
 from tests.support.services import ServiceProcess, start_service
 from tests.support.stack import eventually
 
@@ -94,11 +94,11 @@ async def test_a_reply_cut_before_its_exchange_arrives_is_archived_cut(
     assert agent_text == HEARD
     assert json.loads(metadata)["interrupted"] == {"heard_ms": 2100, "written_text": WRITTEN}
 
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(DEAD_LETTERS))
-    ((_, fields),) = entries
-    body, headers = BinaryMessageFormatV1.parse(fields[b"__data__"])
-    assert json.loads(body) == {"kind": "interrupted"}
-    assert headers["lva-stream"] == CALL_EVENTS
+    (letter,) = await dead_letters.listing(redis)
+    assert json.loads(letter.body) == {"kind": "interrupted"}
+    assert (letter.stream, letter.group) == (CALL_EVENTS, Groups.ARCHIVER)
+    assert letter.reason is not None and "validation error" in letter.reason
+    assert await dead_letters.counts(redis) == {CALL_EVENTS: 1}
 
 
 async def test_call_events_are_read_again_after_redis_is_flushed(

@@ -46,6 +46,10 @@ class LLMUnavailableError(LLMError):
     """
 
 
+class LLMCircuitOpenError(LLMUnavailableError):
+    """The provider failed several calls in a row just now: not called at all."""
+
+
 @dataclass
 class Usage:
     """What one generation cost and why it ended, as far as its provider says.

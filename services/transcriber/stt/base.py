@@ -25,6 +25,10 @@ class STTUnavailableError(STTError):
     """
 
 
+class STTCircuitOpenError(STTUnavailableError):
+    """The service failed several clips in a row just now: not called at all."""
+
+
 @dataclass
 class Hearing:
     """What a recogniser tells of one transcription besides the words, as far as it
