@@ -60,9 +60,11 @@ class Breakers:
         )
         self._factory.add_listener(self._changed)
 
+    def expect(self, name: str) -> None:
+        """Export provider `name`'s circuit (closed) before its first call."""
+        STATE.labels(name).set(0)
+
     def _changed(self, name: str, kind: str, event: Any) -> None:
-        if kind == "circuit_breaker_created":
-            STATE.labels(name).set(0)
         if kind != "state_changed":
             return
         state = str(event.state)

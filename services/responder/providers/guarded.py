@@ -27,6 +27,7 @@ class GuardedProvider(CompleteMixin):
         self.name = inner.name
         self.model = inner.model
         self._breakers = breakers
+        breakers.expect(self.name)
 
     async def start(self) -> None:
         await self.inner.start()

@@ -19,6 +19,7 @@ class GuardedSTT:
         self.name = inner.name
         self.model = inner.model
         self._breakers = breakers
+        breakers.expect(self.name)
 
     async def start(self) -> None:
         await self.inner.start()
