@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import metrics, telemetry
+from shared.backlog import RETRY_AFTER_S, Backlog
 from shared.cancel import request_cancel
 from shared.events import (
     AudioReceived,
@@ -58,17 +59,31 @@ ERROR_STATUS = {
 class AskError(Exception):
     """The request reached a worker, or should have, and did not succeed."""
 
-    def __init__(self, reason: str, *, status: int, code: str) -> None:
+    def __init__(
+        self, reason: str, *, status: int, code: str, retry_after: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.code = code
+        # Seconds after which trying again may succeed (HTTP's Retry-After), if known.
+        self.retry_after = retry_after
 
 
 def unavailable(exc: BaseException) -> AskError:
     """What a learner is told when Redis cannot be reached (its retries ran out)."""
     log.warning("Redis is unavailable: %s", exc)
     return AskError(UNAVAILABLE, status=503, code="unavailable")
+
+
+def overloaded(waiting: int) -> AskError:
+    """What a learner is told when the workers are too far behind to answer in time."""
+    return AskError(
+        f"the service is behind ({waiting} messages waiting); please try again shortly",
+        status=503,
+        code="busy",
+        retry_after=RETRY_AFTER_S,
+    )
 
 
 def timed_out(timeout: float) -> AskError:
@@ -90,12 +105,20 @@ class Conversations:
     """Events about what a learner said, and the replies to them."""
 
     def __init__(
-        self, router: ReplyRouter, redis: Redis, *, reply_timeout: float, audio_ttl: int
+        self,
+        router: ReplyRouter,
+        redis: Redis,
+        *,
+        reply_timeout: float,
+        audio_ttl: int,
+        backlog: Backlog | None = None,
     ) -> None:
         self._router = router
         self._redis = redis
         self._reply_timeout = reply_timeout
         self._audio_ttl = audio_ttl
+        # None: every request is published, however far behind the workers are.
+        self._backlog = backlog
 
     def _failure(self, exc: BaseException, timeout: float) -> AskError:
         if isinstance(exc, ReplyTimeoutError):
@@ -129,6 +152,16 @@ class Conversations:
     @property
     def reply_reader_state(self) -> str:
         return self._router.reader_state
+
+    def admit(self, stream: str, source: Source) -> None:
+        """Refuse (503 `busy`) a request for `stream` while the workers it waits on
+        are MAX_BACKLOG or more behind (`shared.backlog`): it would not be answered
+        in time, and taking it would only grow the queue."""
+        behind = self._backlog.behind(stream) if self._backlog is not None else None
+        if behind is None:
+            return
+        metrics.REQUESTS_REFUSED.labels(source, "backlog").inc()
+        raise overloaded(behind[1])
 
     def text_event(
         self,
@@ -177,6 +210,8 @@ class Conversations:
             stream=stream,
         )
         try:
+            # Before the clip is stored: a refused one would wait in Redis for nothing.
+            self.admit(AUDIO_RECEIVED, source)
             await self._redis.set(event.audio_key, audio, ex=self._audio_ttl)
         except (RedisError, OSError) as exc:
             raise unavailable(exc) from exc
@@ -195,13 +230,18 @@ class Conversations:
         for it; `own_trace` makes it a trace of its own, linked to the current span
         (a connection that outlives many turns)."""
         stream = AUDIO_RECEIVED if isinstance(event, AudioReceived) else UTTERANCE_RECEIVED
+        # Before the turn's span and counts: a refusal is counted apart.
+        self.admit(stream, event.source)
         timeout = self._reply_timeout
         span = telemetry.start_turn(event.session_id, event.source, own_trace=own_trace)
         kind = "audio" if isinstance(event, AudioReceived) else "text"
         span.set_attribute("lva.input", kind)
         began = time.perf_counter()
         first_piece = True
-        replies = self._router.exchange(stream, event, event.event_id, timeout)
+        # A clip is not published again after Redis lost its data: its bytes went too.
+        replies = self._router.exchange(
+            stream, event, event.event_id, timeout, resendable=kind == "text"
+        )
         try:
             async with aclosing(replies):
                 while True:

@@ -12,10 +12,13 @@
 - For every consumer group of the pipeline, its pending entries and lag (XINFO
   GROUPS), and the dead letters of each stream, from every service, so a worker
   that stopped still shows its backlog (take the max over instances).
+- Learners' requests the gateway or telephony refused before publishing them,
+  because the workers were too far behind (`shared.backlog`).
 """
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -110,6 +113,11 @@ DEAD_LETTERS = Gauge(
     "Messages waiting in dead.letters, by the stream they came from",
     ["stream"],
 )
+REQUESTS_REFUSED = Counter(
+    "lva_requests_refused_total",
+    "Learners' requests refused before they were published, by reason (backlog: MAX_BACKLOG)",
+    ["source", "reason"],
+)
 
 
 def observe_reply(source: str, input_kind: str, seconds: float, timings: Timings) -> None:
@@ -156,17 +164,23 @@ async def read_groups(redis: Redis) -> None:
             name = group["name"]
             name = name.decode() if isinstance(name, bytes) else str(name)
             GROUP_PENDING.labels(stream, name).set(int(group["pending"]))
-            lag = group.get("lag")
-            if lag is None:
-                # Redis before 7 has no `lag` (and 7 none when entries were deleted
-                # mid-stream): count what lies past the last delivered entry.
-                lag = await _undelivered(redis, stream, group["last-delivered-id"])
-            GROUP_LAG.labels(stream, name).set(int(lag))
+            GROUP_LAG.labels(stream, name).set(await group_lag(redis, stream, group))
     waiting = await dead_letters.counts(redis)
     # Streams whose dead letters were all replayed or dropped read 0, not their last count.
     for stream in set(waiting) | set(_dead_letter_streams):
         DEAD_LETTERS.labels(stream).set(waiting.get(stream, 0))
     _dead_letter_streams.update(waiting)
+
+
+async def group_lag(redis: Redis, stream: str, group: Mapping[str, Any]) -> int:
+    """Entries of `stream` not yet delivered to a group, from its XINFO GROUPS entry
+    (counted up to LAG_COUNT_CAP where Redis does not say)."""
+    lag = group.get("lag")
+    if lag is None:
+        # Redis before 7 has no `lag` (and 7 none when entries were deleted
+        # mid-stream): count what lies past the last delivered entry.
+        return await _undelivered(redis, stream, group["last-delivered-id"])
+    return int(lag)
 
 
 async def _undelivered(redis: Redis, stream: str, last_delivered: bytes | str) -> int:

@@ -32,6 +32,7 @@ from services.gateway.settings import GatewaySettings
 from shared.asking import AskError
 from shared.broker import redis_state
 from shared.events import AudioReceived, UtteranceReceived
+from shared.streams import UTTERANCE_RECEIVED
 
 VERSION = "2.0.0"
 
@@ -93,6 +94,9 @@ async def read_utterance(
         return session_id, event
     if body.text is not None:
         text = validation.utterance(body.text, settings.max_text_chars)
+        # Refused here while the workers are too far behind, as a clip is before it is
+        # stored: a stream's 503 must come before its 200 goes out.
+        backend.admit(UTTERANCE_RECEIVED, "api")
         return session_id, backend.text_event(session_id, "api", text, stream=stream)
     raise HTTPException(400, "No input provided: send `text` or `audio_base64`")
 

@@ -7,6 +7,7 @@ from redis.exceptions import RedisError
 from services.gateway.settings import GatewaySettings
 from shared import dead_letters
 from shared.asking import Conversations, R, unavailable
+from shared.backlog import Backlog
 from shared.events import (
     ArchiveQuery,
     HistoryQuery,
@@ -22,9 +23,19 @@ from shared.streams import ARCHIVE_QUERIES
 
 
 class Backend(Conversations):
-    def __init__(self, router: ReplyRouter, redis: Redis, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        router: ReplyRouter,
+        redis: Redis,
+        settings: GatewaySettings,
+        backlog: Backlog | None = None,
+    ) -> None:
         super().__init__(
-            router, redis, reply_timeout=settings.reply_timeout, audio_ttl=settings.audio_ttl
+            router,
+            redis,
+            reply_timeout=settings.reply_timeout,
+            audio_ttl=settings.audio_ttl,
+            backlog=backlog,
         )
         self._settings = settings
 

@@ -24,7 +24,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AskError)
     async def backend_error(_: Request, exc: AskError) -> JSONResponse:
-        return JSONResponse({"detail": exc.reason, "code": exc.code}, status_code=exc.status)
+        # A refusal that says when to try again (the workers are behind) says it in HTTP too.
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return JSONResponse(
+            {"detail": exc.reason, "code": exc.code}, status_code=exc.status, headers=headers
+        )
 
     @app.exception_handler(RedisError)
     async def redis_error(_: Request, exc: RedisError) -> JSONResponse:

@@ -16,6 +16,7 @@ from services.gateway.memory import ConnectionGauge
 from services.gateway.security import SecurityHeaders
 from services.gateway.settings import GatewaySettings
 from shared import metrics, telemetry
+from shared.backlog import Backlog
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
 from shared.replies import ReplyRouter
@@ -31,15 +32,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         redis = redis_client(settings)
         replies = ReplyRouter(broker, redis, settings, SERVICE)
         app.state.settings, app.state.redis = settings, redis
-        app.state.backend = Backend(replies, redis, settings)
+        backlog = Backlog(redis, settings.max_backlog)
+        app.state.backend = Backend(replies, redis, settings, backlog)
         app.state.connections = ConnectionGauge()
         app.state.audio_budget = AudioBudget(settings.max_audio_bytes_held)
         await broker.start()
         await replies.start()
         watching = asyncio.create_task(metrics.watch_groups(redis), name="group-metrics")
+        gauging = asyncio.create_task(backlog.run(), name="backlog")
         try:
             yield
         finally:
+            gauging.cancel()
             watching.cancel()
             await replies.stop()
             await broker.stop()

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from pydantic import Field
+
 from shared.settings import CommonSettings
 
 
@@ -38,6 +40,11 @@ class GatewaySettings(CommonSettings):
     # its turn or for Redis (default: 8 clips of the largest size); more is refused
     # with 503 / a `busy` error instead of growing the process without bound.
     max_audio_bytes_held: int = 8 * 25 * 1024 * 1024
+    # Entries of a stream waiting for its workers (consumer group lag) at which new
+    # requests for it are refused with 503 / a `busy` error, before they are
+    # published (shared.backlog): the workers could not answer them in time. Far
+    # below STREAM_MAXLEN, so a stream is never trimmed of work. 0: no limit.
+    max_backlog: int = Field(1000, ge=0)
 
     # Comma-separated origins allowed by CORS ("*": any).
     cors_origins: str = "*"

@@ -15,6 +15,7 @@ from services.telephony.signatures import Signatures
 from services.telephony.twiml import TwiML
 from shared import metrics, telemetry
 from shared.asking import Conversations
+from shared.backlog import Backlog
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
 from shared.replies import ReplyRouter
@@ -44,8 +45,13 @@ def create_app(settings: TelephonySettings) -> FastAPI:
         broker = make_broker(settings, SERVICE)
         redis = redis_client(settings)
         replies = ReplyRouter(broker, redis, settings, SERVICE)
+        backlog = Backlog(redis, settings.max_backlog)
         conversations = Conversations(
-            replies, redis, reply_timeout=settings.reply_timeout, audio_ttl=settings.audio_ttl
+            replies,
+            redis,
+            reply_timeout=settings.reply_timeout,
+            audio_ttl=settings.audio_ttl,
+            backlog=backlog,
         )
         app.state.redis = redis
         app.state.calls = calls = Calls(conversations, redis, settings)
@@ -53,9 +59,11 @@ def create_app(settings: TelephonySettings) -> FastAPI:
         await broker.start()
         await replies.start()
         watching = asyncio.create_task(metrics.watch_groups(redis), name="group-metrics")
+        gauging = asyncio.create_task(backlog.run(), name="backlog")
         try:
             yield
         finally:
+            gauging.cancel()
             watching.cancel()
             await calls.aclose()
             await replies.stop()

@@ -5,6 +5,8 @@ import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
+from pydantic import Field
+
 from shared.settings import CommonSettings
 
 # Used to hash callers' numbers when PHONE_HASH_SECRET is unset, in local mode only:
@@ -61,6 +63,9 @@ class TelephonySettings(CommonSettings):
     min_confidence: float = 0.3
     # Longer speech is cut to this many characters (the gateway's MAX_TEXT_CHARS).
     max_text_chars: int = 4000
+    # As the gateway's: while this many utterances wait for the responder, a caller
+    # hears the apology instead of waiting for a reply that would come too late. 0: no limit.
+    max_backlog: int = Field(1000, ge=0)
     voice: str = "Polly.Joanna-Neural"
     language: str = "en-US"
     # Key of the HMAC that stands for a caller's number in logs, events and the
