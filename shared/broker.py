@@ -61,7 +61,9 @@ def make_broker(
             metrics.broker_middleware(service),
             *middlewares,
         ),
-        graceful_timeout=10.0,
+        # SIGTERM: handlers in flight get this long to finish before the process
+        # exits; what is left stays pending, for a replica to reclaim.
+        graceful_timeout=settings.shutdown_grace_s,
         **connection_options(settings),
     )
 

@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.events import PARTIAL_REPLIES, AnyReply, ConversationReply, DeltaReply, Reply
+from shared.outbox import Outbox
 from shared.settings import CommonSettings
 from shared.streams import REPLY_STREAMS, Keys, reply_stream
 from shared.tasks import cancel_all
@@ -162,6 +163,8 @@ class ReplyRouter:
         self.stream = reply_stream(service, settings.instance_id)
         # Replies of each request still awaited, in arrival order.
         self._pending: dict[str, asyncio.Queue[AnyReply]] = {}
+        # What this instance published and no worker has read yet (shared.outbox).
+        self._outbox = Outbox(redis, self._publish, window_s=settings.flush_resend_s)
         self._tasks: list[asyncio.Task[None]] = []
         self._last_read: float | None = None
 
@@ -226,7 +229,13 @@ class ReplyRouter:
                     self._deliver(fields.get(_DATA))
 
     async def exchange(
-        self, stream: str, message: BaseModel, request_id: str, timeout: float
+        self,
+        stream: str,
+        message: BaseModel,
+        request_id: str,
+        timeout: float,
+        *,
+        resendable: bool = True,
     ) -> AsyncGenerator[AnyReply, None]:
         """Publish `message` to `stream` and yield its replies as they arrive: any
         partial ones (a transcript, pieces of the reply), then the one that ends it.
@@ -243,7 +252,10 @@ class ReplyRouter:
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    await self.publish(stream, message)
+                    if resendable:
+                        await self._outbox.publish(stream, message)
+                    else:
+                        await self._publish(stream, message)
             except TimeoutError as exc:
                 raise ReplyTimeoutError(request_id) from exc
             while True:
@@ -277,10 +289,15 @@ class ReplyRouter:
         finally:
             self._pending.pop(request_id, None)
 
+    async def _publish(self, stream: str, message: BaseModel) -> bytes:
+        return await self._broker.publish(
+            message, stream=stream, maxlen=self._settings.stream_maxlen
+        )
+
     async def publish(self, stream: str, message: BaseModel) -> None:
         """Publish `message` to `stream`, expecting no reply (a RedisError if it
         could not be)."""
-        await self._broker.publish(message, stream=stream, maxlen=self._settings.stream_maxlen)
+        await self._outbox.publish(stream, message)
 
     async def request(
         self, stream: str, message: BaseModel, request_id: str, timeout: float
@@ -294,9 +311,11 @@ class ReplyRouter:
 
     async def start(self) -> None:
         await self.beat()
+        await self._outbox.start()
         self._tasks = [
             asyncio.create_task(self._read_forever(), name="reply-reader"),
             asyncio.create_task(self._beat_forever(), name="reply-heartbeat"),
+            asyncio.create_task(self._outbox.run(), name="outbox"),
         ]
 
     async def stop(self) -> None:
@@ -326,6 +345,7 @@ class ReplyRouter:
                 "%s was no longer registered (Redis lost its data); registered again",
                 self.stream,
             )
+
         if stale:
             log.info("removing %d reply streams of instances that stopped", len(stale))
             async with self._redis.pipeline(transaction=True) as pipe:

@@ -61,6 +61,10 @@ class CommonSettings(BaseSettings):
     # past it (far beyond the model's timeouts and retries) is taken for stuck,
     # and its message is reclaimed like a dead consumer's.
     max_hold_s: float = 600.0
+    # Seconds a stopping worker (SIGTERM) waits for the handlers in flight; keep it
+    # below the supervisor's kill timeout (Kubernetes' terminationGracePeriodSeconds
+    # is 30 s by default, compose's stop_grace_period 10 s: set it there to more).
+    shutdown_grace_s: float = Field(10.0, gt=0)
     # After this many deliveries a message goes to the dead-letter stream.
     max_deliveries: int = 5
     # A model or speech-to-text provider that fails this many calls in a row
@@ -68,6 +72,10 @@ class CommonSettings(BaseSettings):
     # learners get the apology at once (shared.breaker).
     breaker_failures: int = Field(5, ge=1)
     breaker_open_s: float = Field(30.0, gt=0)
+    # A service keeps what it published until its consumers read it, for at most
+    # this many seconds, and publishes it again if Redis loses its data meanwhile
+    # (a flush, a restart without persistence; shared.outbox). 0: never.
+    flush_resend_s: float = Field(300.0, ge=0)
     # How often a worker checks that its consumer groups exist and its subscribers
     # run, recreating and restarting them after a Redis flush or an empty restart.
     supervise_interval_s: float = 1.0

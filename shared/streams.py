@@ -45,6 +45,9 @@ class Keys:
     # Sorted set of session ids scored by last activity (unix seconds), so
     # /api/stats lists active sessions without SCAN.
     ACTIVE_SESSIONS: Final = "sessions:active"
+    # A random value set once: gone or changed, Redis lost the data it was set
+    # with (a flush, a restart without persistence). See shared.outbox.
+    DATA_EPOCH: Final = "data.epoch"
     # Hash: how many entries of `dead.letters` came from each stream.
     DEAD_LETTER_COUNTS: Final = "dead.letters.counts"
 

@@ -61,7 +61,7 @@ def build(settings: ResponderSettings) -> tuple[RedisBroker, AsgiFastStream]:
         answer, exchange = await rt.responder.answer(event, pieces_for(event))
         if answer is not None:
             await rt.replies.send(answer, event.reply_to)
-        await broker.publish(exchange, stream=EXCHANGE_COMPLETED, maxlen=settings.stream_maxlen)
+        await worker.publish(exchange, EXCHANGE_COMPLETED)
 
     @broker.subscriber(stream=group(SESSION_END_REQUESTED))
     async def on_session_end(event: SessionEndRequested) -> None:

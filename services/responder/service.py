@@ -103,6 +103,13 @@ class Generation:
             await self.send(self.cutter.add(text))
 
 
+def _left(event: UtteranceReceived) -> float | None:
+    """Seconds until the asker stops waiting (None: nobody waits, no limit)."""
+    if event.deadline is None:
+        return None
+    return max(0.0, (event.deadline - utcnow()).total_seconds())
+
+
 class Responder:
     def __init__(
         self,
@@ -140,14 +147,19 @@ class Responder:
         started = time.perf_counter()
         written = call.written
         try:
-            async with aclosing(
-                self._llm.stream(
-                    SYSTEM_PROMPT,
-                    messages,
-                    max_tokens=self._settings.claude_max_tokens,
-                    temperature=self._settings.claude_temperature,
-                )
-            ) as tokens:
+            # Nobody reads a reply past its asker's deadline: the call ends there,
+            # whatever the SDK's timeouts and retries would still allow.
+            async with (
+                asyncio.timeout(_left(event)),
+                aclosing(
+                    self._llm.stream(
+                        SYSTEM_PROMPT,
+                        messages,
+                        max_tokens=self._settings.claude_max_tokens,
+                        temperature=self._settings.claude_temperature,
+                    )
+                ) as tokens,
+            ):
                 async for token in tokens:
                     if gen.first_token_ms is None:
                         gen.first_token_ms = _ms(started)
@@ -171,6 +183,14 @@ class Responder:
             log.error("model %s unavailable: %s", self._llm.name, exc)
             gen.apology = UNAVAILABLE_REPLY
             call.failed(type(exc).__name__)
+        except TimeoutError:
+            log.warning(
+                "model %s still writing at the deadline of utterance %s: stopped",
+                self._llm.name,
+                event.event_id,
+            )
+            gen.apology = UNAVAILABLE_REPLY
+            call.failed("deadline")
         except Exception as exc:
             log.exception("model %s failed unexpectedly", self._llm.name)
             gen.apology = UNEXPECTED_REPLY

@@ -49,7 +49,7 @@ def build(settings: TranscriberSettings) -> tuple[RedisBroker, AsgiFastStream]:
             transcript = rt.transcriber.transcript(event, outcome)
             if transcript is not None:
                 await rt.replies.send(transcript, event.reply_to)
-            await broker.publish(outcome, stream=UTTERANCE_RECEIVED, maxlen=settings.stream_maxlen)
+            await worker.publish(outcome, UTTERANCE_RECEIVED)
         elif outcome is not None:
             await rt.replies.send(outcome, event.reply_to)
         await rt.transcriber.forget(event)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import websockets
 
+from tests.support.load import Load
 from tests.support.redis_server import RedisProcess, restartable_redis
 from tests.support.services import ServiceProcess, running, start_service
 from tests.support.stack import (
@@ -87,55 +88,6 @@ async def round_of_messages(gateway: ServiceProcess, tag: str, per_session: int 
     assert got == expected, [a for r in results for a in r if a.get("type") != "response"]
 
 
-class SteadyLoad:
-    """Sessions that each keep sending one message after another until stopped.
-
-    Records every outcome: an answer, an error message, or nothing within the
-    deadline (which must never happen)."""
-
-    def __init__(self, gateway: ServiceProcess, sessions: int, pause_s: float) -> None:
-        self._gateway = gateway
-        self._sessions = sessions
-        self._pause = pause_s
-        self._stop = asyncio.Event()
-        self.outcomes: list[str] = []
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def _run(self, n: int) -> None:
-        sent = 0
-        while not self._stop.is_set():
-            try:
-                async with websockets.connect(ws_url(self._gateway, f"load-{n}")) as ws:
-                    while not self._stop.is_set():
-                        text = f"load {n} message {sent}"
-                        sent += 1
-                        message = {"type": "text", "text": text}
-                        try:
-                            answer = await ws_ask(ws, message, ANSWER_TIMEOUT_S)
-                        except TimeoutError:
-                            self.outcomes.append("no answer")
-                            continue
-                        if answer.get("type") == "response" and text in answer["agent_text"]:
-                            self.outcomes.append("answered")
-                        else:
-                            self.outcomes.append(f"error {answer.get('code')}")
-                        await asyncio.sleep(self._pause)
-            except (OSError, websockets.WebSocketException) as exc:
-                self.outcomes.append(f"connection {type(exc).__name__}")
-                await asyncio.sleep(0.5)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(n)) for n in range(self._sessions)]
-
-    async def stop(self) -> dict[str, int]:
-        self._stop.set()
-        await asyncio.wait_for(asyncio.gather(*self._tasks), ANSWER_TIMEOUT_S + 10)
-        counts: dict[str, int] = {}
-        for outcome in self.outcomes:
-            counts[outcome] = counts.get(outcome, 0) + 1
-        return counts
-
-
 async def test_a_redis_restart_with_aof_under_load_loses_no_later_message(
     llm: OpenAIWireServer, tmp_path: Path
 ) -> None:
@@ -143,7 +95,7 @@ async def test_a_redis_restart_with_aof_under_load_loses_no_later_message(
         async with stack(server, llm, tmp_path) as services:
             gateway = services["gateway"]
             await round_of_messages(gateway, "before")
-            load = SteadyLoad(gateway, sessions=5, pause_s=0.1)
+            load = Load(gateway, sessions=5, pause_s=0.1, answer_timeout=ANSWER_TIMEOUT_S)
             load.start()
             await asyncio.sleep(1.0)
             server.stop()
@@ -173,7 +125,7 @@ async def test_workers_resume_after_a_flush_and_after_an_empty_restart(
             await voice_round(gateway, "before")
 
             # FLUSHALL under a light load: the groups vanish under the subscribers.
-            load = SteadyLoad(gateway, sessions=2, pause_s=0.2)
+            load = Load(gateway, sessions=2, pause_s=0.2, answer_timeout=ANSWER_TIMEOUT_S)
             load.start()
             await asyncio.sleep(0.5)
             server.server().flush()

@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.responder.context import ContextStore
+from services.responder.prompts import UNAVAILABLE_REPLY
 from services.responder.providers.base import (
     ChatMessage,
     LLMUnavailableError,
@@ -130,9 +131,6 @@ async def test_an_utterance_within_its_deadline_is_answered(
     assert model.calls == 1
 
 
-# -- its spans ---------------------------------------------------------------------------
-
-
 class StallingModel(CountingModel):
     """Writes a first piece, then waits for a cancel that stops it."""
 
@@ -143,6 +141,22 @@ class StallingModel(CountingModel):
         yield "Tides rise"
         await asyncio.Event().wait()
         yield " never"
+
+
+async def test_a_model_still_writing_at_the_deadline_is_stopped_there(redis: Redis) -> None:
+    store = ContextStore(redis, max_exchanges=5, ttl_s=1800)
+    responder = Responder(store, StallingModel(), ResponderSettings(_env_file=None))
+    began = asyncio.get_running_loop().time()
+    reply, exchange = await asyncio.wait_for(
+        responder.answer(utterance(deadline=utcnow() + timedelta(seconds=0.5))), 10
+    )
+    assert asyncio.get_running_loop().time() - began < 3
+    assert reply is not None and not exchange.expired
+    # As for a model that fails: nothing was sent yet, so the apology is the reply.
+    assert exchange.agent_text == UNAVAILABLE_REPLY
+
+
+# -- its spans ---------------------------------------------------------------------------
 
 
 def everything_on(spans: RecordedSpans) -> str:
