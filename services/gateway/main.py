@@ -20,6 +20,7 @@ from shared.backlog import Backlog
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
 from shared.replies import ReplyRouter
+from shared.tasks import cancel_all
 
 SERVICE = "gateway"
 
@@ -43,8 +44,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
-            gauging.cancel()
-            watching.cancel()
+            await cancel_all([gauging, watching], "gateway task")
             await replies.stop()
             await broker.stop()
             await redis.aclose()

@@ -29,7 +29,6 @@ their turn are dropped. Messages without an `id` are answered as in v1.
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import time
@@ -51,6 +50,7 @@ from services.gateway.validation import InputError
 from shared import metrics, telemetry
 from shared.asking import AskError, timed_out, unavailable
 from shared.events import AudioReceived, ConversationReply, UtteranceReceived, new_id
+from shared.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,7 @@ class Connection:
             await asyncio.wait([worker])
         finally:
             self._close()
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            await cancel_all([worker], "connection worker")
 
     async def _receive_until_gone(self) -> bool:
         """Take the client's messages until it leaves; True if the server is stopping."""

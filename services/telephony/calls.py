@@ -10,7 +10,6 @@ claimed before the utterance is published, and a retried webhook finds the claim
 """
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -25,6 +24,7 @@ from services.telephony.settings import TelephonySettings
 from shared.asking import AskError, Conversations, unavailable
 from shared.events import SESSION_ID_PATTERN, UtteranceReceived, new_id
 from shared.streams import Keys
+from shared.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,4 @@ class Calls:
     async def aclose(self) -> None:
         """Stop what still runs (the service is stopping: nobody will hear it)."""
         tasks = [task for _, task in self._running.values()] + list(self._ending)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks, "call task")

@@ -19,6 +19,7 @@ from shared.backlog import Backlog
 from shared.broker import make_broker, redis_client, wait_for_redis
 from shared.logs import setup_logging
 from shared.replies import ReplyRouter
+from shared.tasks import cancel_all
 
 SERVICE = "telephony"
 
@@ -63,8 +64,7 @@ def create_app(settings: TelephonySettings) -> FastAPI:
         try:
             yield
         finally:
-            gauging.cancel()
-            watching.cancel()
+            await cancel_all([gauging, watching], "telephony task")
             await calls.aclose()
             await replies.stop()
             await broker.stop()

@@ -43,6 +43,7 @@ from shared import metrics, telemetry
 from shared.asking import AskError
 from shared.events import ConversationReply, DeltaReply, ReplyInterrupted
 from shared.streams import CALL_EVENTS
+from shared.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,7 @@ class RelayCall:
             pass
         finally:
             await self._stop_reply()
-            speaker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await speaker
+            await cancel_all([speaker], "relay speaker")
             if self.session_id:
                 self._calls.end_later(self.session_id)
 
