@@ -59,6 +59,9 @@ RUN apt-get update \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY frontend ./frontend
+# Operators' commands, run in a service's container: `python -m scripts.dead_letters`,
+# `python -m scripts.archive_backup` (where the archive's volume is mounted).
+COPY scripts ./scripts
 
 # HF_HUB_OFFLINE: nothing may reach for a model hub; the models are in the image.
 # HOME=/tmp: the one writable place when the root filesystem is read-only (k8s

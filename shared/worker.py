@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import uvicorn
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.types import Scope
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from shared import metrics, telemetry
 from shared.broker import HEALTH_PING_TIMEOUT_S, make_broker, redis_client, wait_for_redis
 from shared.delivery import Leases, Reclaimer
+from shared.outbox import Outbox
 from shared.process import attach_server, exit_code
 from shared.settings import CommonSettings
 from shared.supervision import Supervisor
@@ -28,6 +30,8 @@ from shared.tasks import cancel_all
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
+# A readiness check of a service's own: (ok, detail), detail a dict or a sentence.
+ReadinessCheck = Callable[[], tuple[bool, dict[str, object] | str]]
 
 
 class BackgroundTasks:
@@ -54,15 +58,47 @@ class Worker:
         self.leases = Leases(max_hold_s=settings.max_hold_s)
         self.broker = make_broker(settings, service, middlewares=(self.leases.middleware(),))
         self.supervisor = Supervisor(self.broker, settings)
+        self._outbox: Outbox | None = None
         self._redis: Redis | None = None
         self._background = BackgroundTasks()
         # Apart from the other helpers: it must stop before the broker does, or it
         # would start again a subscriber that the broker's shutdown has just stopped.
         self._supervising = BackgroundTasks()
+        self._checks: dict[str, ReadinessCheck] = {}
 
     def run_in_background(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """A helper of the service's own that runs until the worker stops."""
         self._background.start(name, factory)
+
+    async def publish(self, message: BaseModel, stream: str) -> None:
+        """Publish `message` for another service, kept to publish again should Redis
+        lose its data before that service reads it (shared.outbox)."""
+        if self._outbox is None:
+            raise RuntimeError(f"{self.service}: publishing before start-up")
+        await self._outbox.publish(stream, message)
+
+    async def _publish(self, stream: str, message: BaseModel) -> bytes:
+        return await self.broker.publish(message, stream=stream, maxlen=self.settings.stream_maxlen)
+
+    def add_check(self, name: str, check: ReadinessCheck) -> None:
+        """Make `check` part of readiness: /health shows it under `checks.<name>`
+        and is 503 while it is not ok. It is called on every request: a check
+        that costs more than a look-up should report a result it keeps."""
+        self._checks[name] = check
+
+    def _run_checks(self) -> dict[str, dict[str, object]]:
+        results: dict[str, dict[str, object]] = {}
+        for name, check in self._checks.items():
+            try:
+                ok, detail = check()
+            except Exception as exc:
+                log.exception("readiness check %s failed", name)
+                ok, detail = False, f"the check failed: {exc!r}"
+            results[name] = {
+                "ok": ok,
+                **(detail if isinstance(detail, dict) else {"detail": detail}),
+            }
+        return results
 
     @property
     def redis(self) -> Redis:
@@ -75,6 +111,8 @@ class Worker:
         self._redis = redis_client(self.settings)
         # Before the broker starts: its subscribers would create them at "$".
         await self.supervisor.ensure_groups(self._redis)
+        self._outbox = Outbox(self._redis, self._publish, window_s=self.settings.flush_resend_s)
+        await self._outbox.start()
 
     async def _started(self) -> None:
         for stream, group in self.supervisor.groups():
@@ -83,6 +121,8 @@ class Worker:
             )
             self._background.start(f"reclaim-{stream}", reclaimer.run)
         self._background.start("group-metrics", lambda: metrics.watch_groups(self.redis))
+        if self._outbox is not None:
+            self._background.start("outbox", self._outbox.run)
         self._supervising.start("supervise", self.supervisor.run)
 
     async def _close(self) -> None:
@@ -94,11 +134,17 @@ class Worker:
         await asyncio.to_thread(telemetry.shutdown_tracing)
 
     async def health(self) -> tuple[bool, dict[str, object]]:
-        """Healthy only with the broker connected, every subscriber running and
-        every group known to exist at a recent check."""
+        """Healthy only with the broker connected, every subscriber running, every
+        group known to exist at a recent check, and every check of add_check ok."""
         broker_ok = await self.broker.ping(HEALTH_PING_TIMEOUT_S)
         subscriptions = self.supervisor.subscriptions()
-        healthy = broker_ok and self.supervisor.checking and all(s.healthy for s in subscriptions)
+        checks = self._run_checks()
+        healthy = (
+            broker_ok
+            and self.supervisor.checking
+            and all(s.healthy for s in subscriptions)
+            and all(c["ok"] for c in checks.values())
+        )
         body: dict[str, object] = {
             "status": "healthy" if healthy else "degraded",
             "service": self.service,
@@ -114,6 +160,8 @@ class Worker:
                 for s in subscriptions
             ],
         }
+        if checks:
+            body["checks"] = checks
         return healthy, body
 
     def app(

@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from services.archiver import tracing
+from services.archiver.integrity import IntegrityMonitor
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings
 from shared import dead_letters
@@ -111,6 +112,11 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
     worker = Worker(settings, SERVICE)
     broker = worker.broker
     rt = _Runtime()
+    # Readiness says whether the archive passed its checks when they last ran.
+    integrity = IntegrityMonitor(
+        lambda: rt.archive.check_integrity(), settings.archive_integrity_interval_s
+    )
+    worker.add_check("archive", integrity.readiness)
 
     @broker.subscriber(
         stream=StreamSub(
@@ -189,8 +195,11 @@ def build(settings: ArchiverSettings) -> tuple[RedisBroker, AsgiFastStream]:
         rt.replies = ReplySender(worker.redis, settings)
         rt.archive = Archive.from_settings(settings)
         await rt.archive.open()
+        integrity.start()
 
     async def stop() -> None:
+        # First: a check in progress is interrupted rather than awaited by close().
+        await integrity.stop()
         await rt.archive.close()
 
     return broker, worker.app(on_startup=[start], after_shutdown=[stop])

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,8 +25,9 @@ from typing import NamedTuple, Self
 
 import aiosqlite
 
-from services.archiver import db, search
+from services.archiver import db, integrity, search
 from services.archiver.fts_query import split_terms
+from services.archiver.integrity import IntegrityReport
 from services.archiver.settings import ArchiverSettings
 from shared.events import (
     CallRecorded,
@@ -264,6 +266,17 @@ async def _save_recording(writer: aiosqlite.Connection, event: CallRecorded) -> 
     return 1
 
 
+async def _fetch_all(conn: aiosqlite.Connection, sql: str) -> list[sqlite3.Row]:
+    """`sql`'s rows; interrupted if the caller is cancelled."""
+    try:
+        return list(await conn.execute_fetchall(sql))
+    except asyncio.CancelledError:
+        # The statement would run on to its end in the connection's thread (a
+        # whole-database check: seconds per GB), and hold up close() as long.
+        await conn.interrupt()
+        raise
+
+
 def _is_fts_query_error(error: sqlite3.OperationalError) -> bool:
     message = str(error)
     return message.startswith("fts5:") or "malformed MATCH" in message
@@ -492,6 +505,33 @@ class Archive:
         tool, not something to run per request.
         """
         async with self._write_lock:
-            await self._writer_conn().execute(
-                "INSERT INTO captures_fts(captures_fts, rank) VALUES ('integrity-check', 1)"
+            await _fetch_all(self._writer_conn(), integrity.FTS_CHECK)
+
+    async def check_integrity(self) -> IntegrityReport:
+        """`PRAGMA integrity_check` and the FTS5 check (see integrity_check),
+        as a report rather than an exception.
+
+        The first runs on a connection of its own, so the readers keep answering
+        and writes go on (WAL). The second is an INSERT to SQLite and takes the
+        write lock: it goes through the writer, and batches wait while it runs.
+        """
+        if self._writer is None:
+            raise RuntimeError("archive is not open")
+        started = time.monotonic()
+        try:
+            conn = await db.connect(
+                self.path, busy_timeout_ms=self._busy_timeout_ms, read_only=True
             )
+            try:
+                rows = await _fetch_all(conn, integrity.INTEGRITY_CHECK)
+            finally:
+                await conn.close()
+            found = integrity.integrity_result([str(row[0]) for row in rows])
+        except sqlite3.DatabaseError as error:
+            found = str(error)
+        try:
+            await self.integrity_check()
+            fts = integrity.OK
+        except sqlite3.DatabaseError as error:
+            fts = str(error)
+        return integrity.report(found, fts, started)

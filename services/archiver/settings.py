@@ -50,6 +50,10 @@ class ArchiverSettings(CommonSettings):
     # Read-only connections for search/history/stats, used in parallel with the
     # writer thanks to WAL.
     archive_read_connections: int = 4
+    # Seconds between two runs of the integrity checks that /health reports (see
+    # services.archiver.integrity); they read the whole file, so not per request.
+    # 0: only the one after the archive opens.
+    archive_integrity_interval_s: float = 3600.0
     # /health of this worker (FastStream ping of the broker).
     # One .env for every service (make run) needs a name per service;
     # HEALTH_PORT alone still works where the service has an environment of its own.
@@ -68,6 +72,13 @@ class ArchiverSettings(CommonSettings):
     def _check_positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("archive_integrity_interval_s")
+    @classmethod
+    def _check_not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 (off) or more")
         return value
 
     @property

@@ -62,9 +62,11 @@ def start_service(
     timeout: float = 120.0,
     label: str | None = None,
     port: int | None = None,
+    ready_path: str = "/health",
 ) -> ServiceProcess:
     """Start `python -m services.<name>` and return once its /health answers
-    (on `port`, to come back where a client knew it, or on a free one)."""
+    (on `port`, to come back where a client knew it, or on a free one); or
+    `ready_path`, such as /health/live for a service meant to start unready."""
     port = port or free_port()
     full_env = {
         **os.environ,
@@ -89,7 +91,7 @@ def start_service(
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{service.logs()}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{service.base_url}/health", timeout=1.0).status_code < 300:
+            if httpx.get(f"{service.base_url}{ready_path}", timeout=1.0).status_code < 300:
                 return service
         if time.monotonic() > deadline:
             service.kill()
