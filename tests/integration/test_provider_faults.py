@@ -108,7 +108,10 @@ async def test_a_failing_speech_service_is_not_called_while_its_circuit_is_open(
 ) -> None:
     stt = guarded(create_stt(hosted_stt(echo)), hosted_stt(echo))
     clip = Clip(
-        data=b"RIFF" + bytes(400), format="wav", duration_s=1.0, samples=np.zeros(SAMPLE_RATE)
+        data=b"RIFF" + bytes(400),
+        format="wav",
+        duration_s=1.0,
+        samples=np.zeros(SAMPLE_RATE, dtype=np.float32),
     )
     await stt.start()
     try:
