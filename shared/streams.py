@@ -81,6 +81,12 @@ class Keys:
         return f"ws:{session_id}:answer:{answer_id}"
 
     @staticmethod
+    def ws_event(session_id: str, answer_id: str) -> str:
+        """The event id the WebSocket message with this `answer_id` was first answered
+        under, which an attempt taking over from a dead gateway answers under too."""
+        return f"ws:{session_id}:event:{answer_id}"
+
+    @staticmethod
     def twilio_reply(session_id: str, event_id: str) -> str:
         """The reply to a caller's utterance (or that it is still awaited), kept so
         that whichever telephony instance Twilio's next webhook reaches can say it."""

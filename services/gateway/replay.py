@@ -26,10 +26,20 @@ CLAIM_TTL_S = 15
 RENEW_EVERY_S = 5.0
 
 # Claim the key, or (taken already) return what it holds: one round trip, and no
-# moment between the two where the claim could vanish unseen.
+# moment between the two where the claim could vanish unseen. A claim is made
+# under the event id the id was first claimed with (KEYS[2]): an attempt that takes
+# over from one whose gateway died answers as that one, so the responder, which
+# may still be answering it, answers once and the archive stores it once.
 _CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false end
-return redis.call('GET', KEYS[1])
+local held = redis.call('GET', KEYS[1])
+if held then return {0, held} end
+local event = redis.call('GET', KEYS[2])
+if not event then
+  event = ARGV[1]
+  redis.call('SET', KEYS[2], event, 'EX', ARGV[3])
+end
+redis.call('SET', KEYS[1], cjson.encode({owner = event, body = cjson.null}), 'EX', ARGV[2])
+return {1, event}
 """
 
 # Renew a claim only while it is still the attempt's own and not yet answered.
@@ -53,6 +63,13 @@ class KeptAnswer(BaseModel):
     body: dict[str, Any] | None = None
 
 
+class Claim(BaseModel):
+    """What claiming an id gave: the event id to answer under, or another's claim."""
+
+    event_id: str | None = None
+    kept: KeptAnswer | None = None
+
+
 class AnswerLog:
     def __init__(self, redis: Redis, ttl: int) -> None:
         self._redis = redis
@@ -60,16 +77,18 @@ class AnswerLog:
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
 
-    async def claim(self, session_id: str, answer_id: str, owner: str) -> KeptAnswer | None:
-        """Claim answering `answer_id` for the attempt `owner`: None when it is
-        `owner`'s now, else the claim found (with its body once answered)."""
-        key = Keys.ws_answer(session_id, answer_id)
-        mine = KeptAnswer(owner=owner).model_dump_json()
-        found = await self._claim(keys=[key], args=[mine, CLAIM_TTL_S])
-        if found is None:
-            return None
+    async def claim(self, session_id: str, answer_id: str, owner: str) -> Claim:
+        """Claim answering `answer_id` for the attempt `owner`: the event id to answer
+        under once it is this attempt's (`owner`, or that of an attempt whose claim
+        lapsed), else the claim found (with its body once answered)."""
+        keys = [Keys.ws_answer(session_id, answer_id), Keys.ws_event(session_id, answer_id)]
+        mine, found = await self._claim(keys=keys, args=[owner, CLAIM_TTL_S, self._ttl])
+        if mine:
+            return Claim(event_id=found.decode() if isinstance(found, bytes) else str(found))
         kept = KeptAnswer.model_validate_json(found)
-        return None if kept.owner == owner else kept
+        if kept.owner == owner:
+            return Claim(event_id=owner)
+        return Claim(kept=kept)
 
     async def renew(self, session_id: str, answer_id: str, owner: str) -> bool:
         """Keep `owner`'s claim alive another `CLAIM_TTL_S`; False if it is not its own."""
@@ -84,4 +103,6 @@ class AnswerLog:
 
     async def release(self, session_id: str, answer_id: str) -> None:
         """Give up a claim: the attempt failed, and a resend must be answered afresh."""
-        await self._redis.delete(Keys.ws_answer(session_id, answer_id))
+        await self._redis.delete(
+            Keys.ws_answer(session_id, answer_id), Keys.ws_event(session_id, answer_id)
+        )

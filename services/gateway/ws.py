@@ -322,11 +322,14 @@ class Connection:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    kept = await self._answers.claim(self._session_id, answer_id, own)
-                    if kept is None:
-                        # Taken over from an attempt that gave up while this waited.
-                        pending.event_id = own
+                    claim = await self._answers.claim(self._session_id, answer_id, own)
+                    if claim.event_id is not None:
+                        # This attempt's own now (perhaps taken over from one whose
+                        # gateway died: then it answers under that one's event id).
+                        pending.event_id = claim.event_id
                         return None
+                    kept = claim.kept
+                    assert kept is not None
                     if kept.body is not None:
                         return kept.body
                     if pending.event_id != kept.owner:

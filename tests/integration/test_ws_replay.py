@@ -286,6 +286,11 @@ async def test_a_resend_after_its_gateway_was_killed_mid_reply_is_answered(
     assert answer[-1]["agent_text"] == LONG and "replayed" not in answer[-1]
     # Taken over once the claim lapsed, well within the reply's deadline.
     assert time.monotonic() - began < CLAIM_TTL_S + 10
+    # Under the first attempt's event id: the responder, which went on answering
+    # that attempt for the dead gateway, and the takeover make one exchange.
+    await eventually(lambda: len(stack.captures(text)) >= 1)
+    await asyncio.sleep(1.0)
+    assert len(stack.captures(text)) == 1, stack.captures(text)
 
 
 async def test_a_claim_is_renewed_while_a_long_reply_is_written(
