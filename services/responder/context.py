@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from services.responder.tracing import redis_span
 from shared.events import Source
+from shared.sessions import StoredAnswer, stored_answer
 from shared.streams import Keys
 
 
@@ -29,14 +30,6 @@ class ContextExchange(BaseModel):
     timestamp: str
     user: str
     agent: str
-
-
-class StoredAnswer(BaseModel):
-    """What an utterance was answered with, kept for its redeliveries."""
-
-    agent_text: str
-    at: datetime
-    cancelled: bool = False
 
 
 class SessionMetadata(BaseModel):
@@ -84,16 +77,6 @@ class Recalled:
     exchanges: int
     # Its asker cancelled the reply before it was begun.
     cancelled: bool
-
-
-def _stored_answer(raw: bytes | str | None) -> StoredAnswer | None:
-    if raw is None:
-        return None
-    try:
-        return StoredAnswer.model_validate_json(raw)
-    except ValueError:
-        # A marker written before answers were kept ("1"): answered, text unknown.
-        return None
 
 
 def iso_z(moment: datetime) -> str:
@@ -161,7 +144,7 @@ class ContextStore:
 
     async def answered(self, event_id: str) -> StoredAnswer | None:
         """The answer an utterance already got, if it was answered before."""
-        return _stored_answer(await self._redis.get(Keys.exchange_done(event_id)))
+        return stored_answer(await self._redis.get(Keys.exchange_done(event_id)))
 
     async def recall(self, session_id: str, event_id: str) -> "Recalled":
         """What answering an utterance needs, in one round trip."""
@@ -175,7 +158,7 @@ class ContextStore:
             context = [ContextExchange.model_validate(x) for x in json.loads(raw or "[]")]
             metadata = SessionMetadata.model_validate_json(meta) if meta else None
             recalled = Recalled(
-                earlier=_stored_answer(marker),
+                earlier=stored_answer(marker),
                 context=context,
                 exchanges=metadata.exchange_count if metadata else len(context),
                 cancelled=cancel is not None,

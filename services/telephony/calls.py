@@ -5,8 +5,10 @@ exchange runs apart from the webhook that started it: the webhook waits up to
 REPLY_DEADLINE, then the caller hears a holding phrase and Twilio is redirected to
 `/twilio/reply`, which picks the same reply up. The reply is kept in Redis
 (`Keys.twilio_reply`), so the redirect may reach any telephony instance; the
-instance that asked serves it from memory. Nothing is asked twice: the key is
-claimed before the utterance is published, and a retried webhook finds the claim.
+instance that asked serves it from memory. Should that instance die, the reply
+(sent to its reply stream) is taken from what the responder kept of the answer.
+Nothing is asked twice: the key is claimed before the utterance is published, and
+a retried webhook finds the claim.
 """
 
 import asyncio
@@ -23,6 +25,7 @@ from redis.exceptions import RedisError
 from services.telephony.settings import TelephonySettings
 from shared.asking import AskError, Conversations, unavailable
 from shared.events import SESSION_ID_PATTERN, UtteranceReceived, new_id
+from shared.sessions import stored_answer
 from shared.streams import Keys
 from shared.tasks import cancel_all
 
@@ -158,7 +161,7 @@ class Calls:
         give_up = time.monotonic() + self._settings.reply_deadline
         while True:
             try:
-                raw = await self._redis.get(key)
+                raw, answer = await self._redis.mget(key, Keys.exchange_done(event_id))
             except (RedisError, OSError) as exc:
                 raise unavailable(exc) from exc
             if raw is None:
@@ -167,6 +170,12 @@ class Calls:
             kept = Kept.model_validate_json(raw)
             if kept.state != "pending":
                 return kept
+            answered = stored_answer(answer)
+            if answered is not None:
+                # Answered, and still pending here: the instance that asked (the one
+                # its reply went to) died. The responder kept what it said.
+                log.info("the reply to %s on %s is taken from the responder", event_id, session_id)
+                return Kept(state="done", asked_at=kept.asked_at, agent_text=answered.agent_text)
             if time.time() > kept.asked_at + self._settings.reply_timeout + OWNER_GRACE_S:
                 log.warning("the reply to %s on %s never came", event_id, session_id)
                 return Kept(state="failed", asked_at=kept.asked_at)

@@ -343,6 +343,36 @@ async def test_a_slow_reply_is_reached_through_holds_and_asked_once(
     assert chat_requests(echo, text) == 1
 
 
+async def test_a_caller_on_hold_gets_the_reply_after_the_instance_that_asked_died(
+    stack: Stack, echo: OpenAIWireServer
+) -> None:
+    """Its reply went to the dead instance's reply stream: the instance that Twilio's
+    redirect reaches takes it from what the responder kept of the answer."""
+    echo.delay = SLOW_DEADLINE_S * 2.5
+    sid = "CAorphan"
+    session = f"twilio_{sid}"
+    text = "Where do rivers begin"
+    doomed = start_service(
+        "telephony",
+        {**stack.env, "REPLY_DEADLINE": str(SLOW_DEADLINE_S)},
+        stack.tmp,
+        label="telephony-doomed",
+    )
+    try:
+        spoken = call(sid, SpeechResult=text, Confidence="0.8")
+        first = twiml(await webhook(doomed, speech_path(session), spoken))
+        assert said(first) == [HOLD]
+    finally:
+        doomed.kill()
+    root = first
+    for _ in range(20):
+        if root.find("Gather") is not None:
+            break
+        root = twiml(await webhook(stack.telephony, redirect_of(root), call(sid)))
+    assert is_reply(root, text), said(root)
+    assert chat_requests(echo, text) == 1
+
+
 async def test_a_retried_webhook_gets_the_same_reply_and_asks_once(
     stack: Stack, echo: OpenAIWireServer
 ) -> None:
