@@ -10,7 +10,10 @@ and publishes again what it still keeps once it learns that Redis lost its data.
 
 It learns it from `data.epoch`, a random value the first service sets: twice
 a second (`TICK_S`) each outbox reads it, in one transaction with the groups of its
-streams, and a value gone or changed means the data it was set with is gone.
+streams, and a value gone or changed means the data it was set with is gone. A
+Redis that restarted with its data (a new `run_id`) may still have lost its last
+writes, if it crashed (AOF `appendfsync everysec`: up to a second): then what is
+kept and missing from its stream is published again.
 
 A message read by a consumer before the loss is not published again: that
 consumer holds it and finishes it. Consumers are idempotent (event ids) all the
@@ -41,8 +44,16 @@ TICK_S = 0.5
 MAX_KEPT = 20_000
 
 EntryId = tuple[int, int]
-# The id of a message that could not be published again yet: no group reads past it.
-_UNSENT: EntryId = (2**63, 0)
+
+
+def _run_id(server: Any) -> str | None:
+    """The id of this run of the Redis server (INFO server): new at every start."""
+    run_id = server.get("run_id") if isinstance(server, dict) else None
+    return str(run_id) if run_id is not None else None
+
+
+def _text_id(added: EntryId) -> str:
+    return f"{added[0]}-{added[1]}"
 
 
 def entry_id(value: bytes | str) -> EntryId:
@@ -63,9 +74,12 @@ class Outbox:
         self._max_kept = max_kept
         self._kept: dict[str, deque[tuple[float, EntryId, BaseModel]]] = {}
         self._epoch: bytes | None = None
+        self._run_id: str | None = None
+        # What could not be published again yet (Redis went away meanwhile).
+        self._unsent: list[tuple[str, BaseModel]] = []
 
     def __len__(self) -> int:
-        return sum(len(kept) for kept in self._kept.values())
+        return sum(len(kept) for kept in self._kept.values()) + len(self._unsent)
 
     async def publish(self, stream: str, message: BaseModel) -> None:
         """Publish `message` to `stream` and keep it until its consumers read it."""
@@ -76,6 +90,7 @@ class Outbox:
 
     async def start(self) -> None:
         self._epoch = await self._claim_epoch()
+        self._run_id = _run_id(await self._redis.info("server"))
 
     async def _claim_epoch(self) -> bytes | None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -98,15 +113,27 @@ class Outbox:
         # One transaction: the groups read belong to the data the epoch names.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(Keys.DATA_EPOCH)
+            pipe.info("server")
             for stream in streams:
                 pipe.xinfo_groups(stream)
-            epoch, *groups = await pipe.execute(raise_on_error=False)
-        if isinstance(epoch, Exception):
-            raise epoch
+            epoch, server, *groups = await pipe.execute(raise_on_error=False)
+        for answer in (epoch, server):
+            if isinstance(answer, Exception):
+                raise answer
+        if self._unsent:
+            unsent, self._unsent = self._unsent, []
+            await self._publish_again(unsent, "Redis is back")
         if self._epoch is None or epoch != self._epoch:
             lost = self._epoch is not None
             self._epoch = await self._claim_epoch()
+            self._run_id = _run_id(server)
             return await self._resend() if lost else 0
+        run_id = _run_id(server)
+        if run_id != self._run_id:
+            # Restarted with its data (AOF): the last writes before a crash may be
+            # missing all the same (appendfsync everysec: up to a second).
+            self._run_id = run_id
+            return await self._resend_missing()
         for stream, info in zip(streams, groups, strict=True):
             if isinstance(info, Exception) or not info:
                 continue  # no stream or no group yet: nobody has read anything
@@ -116,9 +143,25 @@ class Outbox:
                 kept.popleft()
         return 0
 
+    async def _resend_missing(self) -> int:
+        """Publish again what is kept but no longer in its stream."""
+        kept = [(stream, entry) for stream, entries in self._kept.items() for entry in entries]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, (_, added, _) in kept:
+                pipe.xrange(stream, min=_text_id(added), max=_text_id(added), count=1)
+            found = await pipe.execute()
+        missing = [pair for pair, there in zip(kept, found, strict=True) if not there]
+        for stream, entry in missing:
+            self._kept[stream].remove(entry)
+        messages = [(stream, message) for stream, (_, _, message) in missing]
+        return await self._publish_again(messages, "Redis restarted without its last writes")
+
     async def _resend(self) -> int:
         kept, self._kept = self._kept, {}
         messages = [(stream, m) for stream, entries in kept.items() for _, _, m in entries]
+        return await self._publish_again(messages, "Redis lost its data")
+
+    async def _publish_again(self, messages: list[tuple[str, BaseModel]], why: str) -> int:
         sent = 0
         try:
             for stream, message in messages:
@@ -127,13 +170,9 @@ class Outbox:
         except (RedisError, OSError) as exc:
             # Redis went away again: keep the rest for the next tick.
             log.warning("publishing again what Redis lost stopped: %s", exc)
-            for stream, message in messages[sent:]:
-                entries = self._kept.setdefault(stream, deque(maxlen=self._max_kept))
-                entries.append((time.monotonic(), _UNSENT, message))
+            self._unsent.extend(messages[sent:])
         if messages:
-            log.warning(
-                "Redis lost its data: published again the %d messages no consumer had read", sent
-            )
+            log.warning("%s: published again the %d messages no consumer had read", why, sent)
         return sent
 
     async def run(self) -> None:
