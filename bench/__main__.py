@@ -14,7 +14,10 @@
   (bench.telephony_bench);
 - tracing: the cost of exporting every span (bench.tracing_bench);
 - recovery: a backlog of expired work draining, and the services carrying on
-  after Redis is flushed or restarted (bench.recovery_bench).
+  after Redis is flushed or restarted (bench.recovery_bench);
+- soak: 200 WebSocket sessions for 60 s, twice: every message answered and
+  archived once, and each service's memory after the second round
+  (bench.soak_bench; --sessions, --seconds).
 
 Tables go to stdout as they are measured, to bench/results/<section>.md, and
 together with the machine's description to bench/results/latest.md. Progress
@@ -34,6 +37,7 @@ from bench import (
     pwa_bench,
     recovery_bench,
     search_bench,
+    soak_bench,
     stream_bench,
     system_bench,
     telephony_bench,
@@ -48,6 +52,7 @@ QUICK_SEARCH_ROWS = 20_000
 # Every benchmark, in the order a full run takes them.
 GROUPS = (
     "system", "ws", "stream", "voice", "search", "pwa", "telephony", "tracing", "recovery",
+    "soak",
 )  # fmt: skip
 
 
@@ -66,6 +71,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--throughput-sessions", type=int, default=None, help="closed-loop sessions (200)"
     )
     parser.add_argument("--ws-sessions", type=int, default=None, help="paced sessions (1,000)")
+    parser.add_argument("--sessions", type=int, default=None, help="soak sessions a round (200)")
+    parser.add_argument("--seconds", type=float, default=None, help="soak round length (60 s)")
     return parser.parse_args(argv)
 
 
@@ -105,6 +112,12 @@ def sizes_for(args: argparse.Namespace) -> system_bench.Sizes:
     return sizes
 
 
+def soak_for(args: argparse.Namespace) -> soak_bench.Soak:
+    soak = soak_bench.QUICK if args.quick else soak_bench.FULL
+    given = {"sessions": args.sessions, "seconds": args.seconds}
+    return dataclasses.replace(soak, **{name: n for name, n in given.items() if n})
+
+
 def run(args: argparse.Namespace, command: str) -> list[Section]:
     sizes = sizes_for(args)
     groups = [args.only] if args.only else list(GROUPS)
@@ -125,6 +138,8 @@ def run(args: argparse.Namespace, command: str) -> list[Section]:
             measured = tracing_bench.run_tracing(args.quick)
         elif group == "recovery":
             measured = recovery_bench.run_recovery(args.quick)
+        elif group == "soak":
+            measured = soak_bench.run_soak(soak_for(args))
         elif group == "system":
             measured = system_bench.run_system(sizes)
         elif group == "stream":

@@ -31,6 +31,7 @@ SECTION_ORDER = (
     "telephony",
     "tracing",
     "recovery",
+    "soak",
 )
 
 

@@ -149,12 +149,12 @@ def streaming_section(runs: list[Run], sizes: Sizes) -> Section:
 
 
 @contextlib.contextmanager
-def fast_llm() -> Iterator[str]:
-    """bench.fast_llm_server in a process of its own; yields its base URL."""
+def fast_llm(*, echo: bool = False) -> Iterator[str]:
+    """bench.fast_llm_server in a process of its own (`--echo`: its replies repeat
+    the last message); yields its base URL."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.fast_llm_server", "--port", str(port)], cwd=ROOT
-    )
+    argv = [sys.executable, "-m", "bench.fast_llm_server", "--port", str(port)]
+    proc = subprocess.Popen([*argv, "--echo"] if echo else argv, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 20

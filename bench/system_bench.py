@@ -270,7 +270,7 @@ def cpu_notes(use: dict[str, CpuUse], generator: str = "load generator") -> list
         notes.append(f"Busiest process: {busiest} at {top.mean:.0f}% of a core ({verdict}).")
     machine, others = use.get(MACHINE), use.get(OTHERS)
     if machine is not None and machine.mean >= 0.9 * cores * 100:
-        sharing = "redis, three services and the generator share its cores"
+        sharing = "redis, the services and the load generator share its cores"
         if others is not None and others.mean >= 10:
             sharing += ", with processes outside the bench"
         notes.append(
