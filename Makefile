@@ -12,7 +12,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
 
-.PHONY: install install-dev run test lint bench vendor clean
+.PHONY: install install-dev run test lint bench soak vendor clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ test: lint
 
 bench: install-dev
 	$(PY) -m bench
+
+# The long fault run alone: 200 WebSocket sessions for 60 s, twice (about 3 min).
+soak: install-dev
+	$(PY) -m bench --only soak
 
 # Vue's runtime-only build into frontend/vendor/ (VUE_VERSION=3.x.y for another).
 vendor:
