@@ -1,6 +1,7 @@
 """The archiver as a real process on a real Redis: call events meet their exchanges
 in whichever order they come, and the call.events group is supervised like the others."""
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ import pytest
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
+from services.archiver.repository import Archive
 from shared import dead_letters
 from shared.broker import make_broker
 from shared.events import CallRecorded, ExchangeCompleted, ReplyInterrupted
@@ -124,3 +126,40 @@ async def test_call_events_are_read_again_after_redis_is_flushed(
         {"sid": "RE1", "url": recording.recording_url, "duration_s": 31}
     ]
     assert (await call_events_subscriber(archiver))["group_exists"] is True
+
+
+async def test_an_archiver_killed_after_or_before_its_commit_stores_each_exchange_once(
+    broker: RedisBroker, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """The state a `kill -9` leaves, set up exactly: three exchanges pending for a
+    consumer that is gone, two of them committed to the archive (killed between the
+    commit and the acknowledgement), the third not (killed before the commit)."""
+    db = tmp_path / "archive.db"
+    await redis.xgroup_create(EXCHANGE_COMPLETED, Groups.ARCHIVER, id="0", mkstream=True)
+    exchanges = [exchange(f"killed-{n}") for n in range(3)]
+    for one in exchanges:
+        await broker.publish(one, stream=EXCHANGE_COMPLETED)
+    await redis.xreadgroup(Groups.ARCHIVER, "killed", {EXCHANGE_COMPLETED: ">"}, count=3)
+    async with Archive(db) as archive:
+        assert await archive.save_many(exchanges[:2]) == 2
+
+    env = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "RECLAIM_IDLE_MS": "1000",
+        "RECLAIM_INTERVAL_S": "0.3",
+    }
+    service = start_service("archiver", env, tmp_path, label="archiver-after-kill")
+    try:
+        await eventually(lambda: len(rows(db, "SELECT 1 FROM captures")) == 3)
+        # Every redelivery acknowledged: none left to store again later.
+        for _ in range(100):
+            if not (await redis.xpending(EXCHANGE_COMPLETED, Groups.ARCHIVER))["pending"]:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("redeliveries left unacknowledged")
+        found = rows(db, "SELECT event_id, count(*) FROM captures GROUP BY event_id")
+        assert sorted(found) == [(f"killed-{n}", 1) for n in range(3)]
+    finally:
+        service.stop()
