@@ -14,6 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+# Who owns captures, contexts and sessions: the `sub` of a token, an API key's
+# learner, or a phone caller's. Same shape as a session id, plus ":" and ".".
+LEARNER_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+LearnerId = Annotated[str, StringConstraints(pattern=LEARNER_PATTERN)]
+# The one learner of AUTH_MODE=open, and the owner of captures made before v2 knew
+# learners (the archive's migration gives them to it).
+DEFAULT_LEARNER = "local"
 Source = Literal["websocket", "api", "twilio"]
 Intent = Literal["question", "reflection", "statement", "end_conversation"]
 
@@ -48,6 +55,8 @@ class Event(Expiring):
     # events nobody waits on.
     reply_to: str | None = None
     occurred_at: datetime = Field(default_factory=utcnow)
+    # Whose it is: an older producer sends none, and its events are the default's.
+    learner: LearnerId = DEFAULT_LEARNER
 
 
 class Timings(Message):
@@ -274,6 +283,9 @@ class ArchiveQuery(Expiring):
     query_id: str = Field(default_factory=new_id)
     reply_to: str
     occurred_at: datetime = Field(default_factory=utcnow)
+    # Whose captures are searched, listed or counted; None: everyone's (an admin's
+    # stats).
+    learner: LearnerId | None = DEFAULT_LEARNER
 
 
 class SearchQuery(ArchiveQuery):
