@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import redis
 from honcho.manager import Manager
 
+from services.gateway.settings import GatewaySettings
 from services.telephony.settings import TelephonySettings
 from shared.logs import setup_logging
 from shared.settings import CommonSettings
@@ -93,7 +94,13 @@ def embedded_redis(url: str) -> Iterator[None]:
         log.info("Redis stopped")
 
 
-def service_env(service: str, env: dict[str, str], telephony: TelephonySettings) -> dict[str, str]:
+def service_env(
+    service: str, env: dict[str, str], telephony: TelephonySettings, gateway: GatewaySettings
+) -> dict[str, str]:
+    if service == "gateway" and gateway.auth_mode == "open":
+        # Open mode asks nobody who they are (everyone is the one local learner): the
+        # gateway serves this machine only (it refuses any other HOST).
+        return {**env, "HOST": "127.0.0.1"}
     if service == "telephony" and not telephony.twilio_auth_token:
         # Without a token nothing checks that a webhook is Twilio's: telephony runs in
         # local mode, reachable from this machine only (it refuses any other HOST).
@@ -107,16 +114,21 @@ def run_services(port: str) -> int:
         # honcho gives the services pipes: they would log JSON for a person to read.
         env.setdefault("LOG_FORMAT", "text")
     telephony = TelephonySettings()
+    gateway = GatewaySettings()
     manager = Manager()
     for service in SERVICES:
         manager.add_process(
             service,
             f"exec {sys.executable} -m scripts.keep_running -- "
             f"{sys.executable} -m services.{service}",
-            env=service_env(service, env, telephony),
+            env=service_env(service, env, telephony, gateway),
             cwd=str(ROOT),
         )
-    log.info("the gateway listens on http://localhost:%s (Ctrl-C stops everything)", port)
+    log.info(
+        "the gateway listens on http://localhost:%s%s (Ctrl-C stops everything)",
+        port,
+        " of 127.0.0.1, AUTH_MODE=open" if gateway.auth_mode == "open" else "",
+    )
     log.info(
         "telephony (Twilio webhooks) listens on port %d%s",
         telephony.telephony_port,

@@ -21,6 +21,7 @@ from shared import metrics, telemetry
 from shared.backlog import RETRY_AFTER_S, Backlog
 from shared.cancel import request_cancel
 from shared.events import (
+    DEFAULT_LEARNER,
     AudioReceived,
     ConversationReply,
     DeltaReply,
@@ -172,11 +173,13 @@ class Conversations:
         event_id: str | None = None,
         stream: bool = False,
         caller: str | None = None,
+        learner: str = DEFAULT_LEARNER,
     ) -> UtteranceReceived:
         return UtteranceReceived(
             event_id=event_id or new_id(),
             session_id=session_id,
             source=source,
+            learner=learner,
             text=text,
             reply_to=self._router.stream,
             deadline=self._deadline(self._reply_timeout),
@@ -193,6 +196,7 @@ class Conversations:
         held: Held | None = None,
         event_id: str | None = None,
         stream: bool = False,
+        learner: str = DEFAULT_LEARNER,
     ) -> AudioReceived:
         """A clip: its bytes wait in Redis (claim check), the event carries the key.
 
@@ -203,6 +207,7 @@ class Conversations:
             event_id=event_id,
             session_id=session_id,
             source=source,
+            learner=learner,
             reply_to=self._router.stream,
             deadline=self._deadline(self._reply_timeout),
             audio_key=Keys.audio(event_id),
@@ -306,10 +311,13 @@ class Conversations:
         except (RedisError, OSError) as exc:
             raise unavailable(exc) from exc
 
-    async def end(self, session_id: str, source: Source) -> SummaryReply:
+    async def end(
+        self, session_id: str, source: Source, *, learner: str = DEFAULT_LEARNER
+    ) -> SummaryReply:
         event = SessionEndRequested(
             session_id=session_id,
             source=source,
+            learner=learner,
             reply_to=self._router.stream,
             deadline=self._deadline(self._reply_timeout),
         )

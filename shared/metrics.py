@@ -13,7 +13,8 @@
   GROUPS), and the dead letters of each stream, from every service, so a worker
   that stopped still shows its backlog (take the max over instances).
 - Learners' requests the gateway or telephony refused before publishing them,
-  because the workers were too far behind (`shared.backlog`).
+  because the workers were too far behind (`shared.backlog`), and requests and
+  WebSocket connections refused for their credential (AUTH_MODE=token).
 """
 
 import asyncio
@@ -117,6 +118,11 @@ REQUESTS_REFUSED = Counter(
     "lva_requests_refused_total",
     "Learners' requests refused before they were published, by reason (backlog: MAX_BACKLOG)",
     ["source", "reason"],
+)
+AUTH_REFUSED = Counter(
+    "lva_auth_refused_total",
+    "Requests (http) and WebSocket connections (ws) refused for their credential, by code",
+    ["transport", "code"],
 )
 
 

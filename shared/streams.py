@@ -50,6 +50,8 @@ class Keys:
     DATA_EPOCH: Final = "data.epoch"
     # Hash: how many entries of `dead.letters` came from each stream.
     DEAD_LETTER_COUNTS: Final = "dead.letters.counts"
+    # SCAN pattern of every `api_key` (to list them; only their hashes are there).
+    API_KEYS: Final = "auth:apikey:*"
 
     @staticmethod
     def context(session_id: str) -> str:
@@ -85,6 +87,23 @@ class Keys:
         """The event id the WebSocket message with this `answer_id` was first answered
         under, which an attempt taking over from a dead gateway answers under too."""
         return f"ws:{session_id}:event:{answer_id}"
+
+    @staticmethod
+    def api_key(digest: str) -> str:
+        """An API key's learner and label (JSON), under the key's SHA-256 (hex), never
+        the key itself; deleted, the key is refused at once."""
+        return f"auth:apikey:{digest}"
+
+    @staticmethod
+    def ws_ticket(digest: str) -> str:
+        """A WebSocket ticket's caller (JSON), under the ticket's SHA-256, for
+        WS_TICKET_TTL_S; taken (GETDEL) by the one connection that uses it."""
+        return f"auth:ticket:{digest}"
+
+    @staticmethod
+    def revoked_token(jti: str) -> str:
+        """Set while the JWT with this `jti` is revoked (until it would expire)."""
+        return f"auth:revoked:{jti}"
 
     @staticmethod
     def twilio_reply(session_id: str, event_id: str) -> str:

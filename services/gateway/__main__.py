@@ -1,6 +1,12 @@
 import uvicorn
 
 from services.gateway.main import app, settings
+from services.gateway.settings import bind_refusal
+
+problem = bind_refusal(settings)
+if problem is not None:
+    # Checked where the address is bound: an app built in a test's process binds none.
+    raise SystemExit(f"gateway will not start: {problem}")
 
 uvicorn.run(
     app,

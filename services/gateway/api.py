@@ -14,7 +14,14 @@ from pydantic import ValidationError
 
 from services.gateway import intake, validation
 from services.gateway.backend import Backend
-from services.gateway.deps import AudioBudgetDep, BackendDep, RedisDep, SettingsDep
+from services.gateway.deps import (
+    AudioBudgetDep,
+    AuthenticatorDep,
+    BackendDep,
+    CallerDep,
+    RedisDep,
+    SettingsDep,
+)
 from services.gateway.intake import AudioBudget
 from services.gateway.messages import elapsed_ms, error, reply_body
 from services.gateway.schemas import (
@@ -27,8 +34,10 @@ from services.gateway.schemas import (
     SearchResponse,
     SessionStats,
     StatsResponse,
+    TicketResponse,
 )
 from services.gateway.settings import GatewaySettings
+from services.gateway.tokens import Caller
 from shared.asking import AskError
 from shared.broker import redis_state
 from shared.events import AudioReceived, UtteranceReceived
@@ -70,6 +79,7 @@ async def read_utterance(
     backend: Backend,
     budget: AudioBudget,
     settings: GatewaySettings,
+    caller: Caller,
     *,
     stream: bool,
 ) -> tuple[str, UtteranceReceived | AudioReceived]:
@@ -88,7 +98,9 @@ async def read_utterance(
     if body.audio_base64 is not None:
         audio, held = await budget.decode(body.audio_base64, settings.max_audio_bytes)
         try:
-            event = await backend.audio_event(session_id, "api", audio, held=held, stream=stream)
+            event = await backend.audio_event(
+                session_id, "api", audio, held=held, stream=stream, learner=caller.learner
+            )
         finally:
             held.release()
         return session_id, event
@@ -97,7 +109,9 @@ async def read_utterance(
         # Refused here while the workers are too far behind, as a clip is before it is
         # stored: a stream's 503 must come before its 200 goes out.
         backend.admit(UTTERANCE_RECEIVED, "api")
-        return session_id, backend.text_event(session_id, "api", text, stream=stream)
+        return session_id, backend.text_event(
+            session_id, "api", text, stream=stream, learner=caller.learner
+        )
     raise HTTPException(400, "No input provided: send `text` or `audio_base64`")
 
 
@@ -105,10 +119,16 @@ async def read_utterance(
     "/api/conversation", response_model=ConversationResponse, openapi_extra=_CONVERSATION_BODY
 )
 async def conversation(
-    request: Request, backend: BackendDep, budget: AudioBudgetDep, settings: SettingsDep
+    request: Request,
+    caller: CallerDep,
+    backend: BackendDep,
+    budget: AudioBudgetDep,
+    settings: SettingsDep,
 ) -> ConversationResponse:
     received = time.monotonic()
-    session_id, event = await read_utterance(request, backend, budget, settings, stream=False)
+    session_id, event = await read_utterance(
+        request, backend, budget, settings, caller, stream=False
+    )
     reply = await backend.reply_to(event)
     return ConversationResponse(
         session_id=session_id,
@@ -133,13 +153,20 @@ async def conversation(
     },
 )
 async def conversation_stream(
-    request: Request, backend: BackendDep, budget: AudioBudgetDep, settings: SettingsDep
+    request: Request,
+    caller: CallerDep,
+    backend: BackendDep,
+    budget: AudioBudgetDep,
+    settings: SettingsDep,
 ) -> EventSourceResponse:
     """The reply as Server-Sent Events, with the WebSocket's message bodies:
     `transcript` (for a clip), `delta` pieces, then `response`; a failure after the
     stream began is an `error` event."""
     received = time.monotonic()
-    session_id, event = await read_utterance(request, backend, budget, settings, stream=True)
+    # The caller is known before the stream's 200 goes out: a refusal is a plain 401.
+    session_id, event = await read_utterance(
+        request, backend, budget, settings, caller, stream=True
+    )
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -157,16 +184,20 @@ async def conversation_stream(
 
 
 @router.post("/api/search", response_model=SearchResponse)
-async def search(body: SearchRequest, backend: BackendDep, settings: SettingsDep) -> SearchResponse:
+async def search(
+    body: SearchRequest, caller: CallerDep, backend: BackendDep, settings: SettingsDep
+) -> SearchResponse:
     query = validation.search_query(body.query, settings.max_search_query_chars)
     limit = validation.limit(body.limit, settings.max_search_limit)
-    reply = await backend.search(query, limit)
+    reply = await backend.search(query, limit, learner=caller.learner)
     return SearchResponse(query=body.query, results=reply.results, count=len(reply.results))
 
 
 @router.get("/api/stats", response_model=StatsResponse)
-async def stats(backend: BackendDep) -> StatsResponse:
-    db = await backend.stats()
+async def stats(caller: CallerDep, backend: BackendDep) -> StatsResponse:
+    """An admin's (and open mode's) are everyone's; a learner's count only their own
+    captures, and list neither the sessions of others nor the dead letters."""
+    db = await backend.stats(learner=None if caller.admin else caller.learner)
     active, ids = await backend.active_sessions()
     return StatsResponse(
         database=DatabaseStats(
@@ -174,19 +205,32 @@ async def stats(backend: BackendDep) -> StatsResponse:
             unique_sessions=db.unique_sessions,
             last_capture=db.last_capture,
         ),
-        sessions=SessionStats(active=active, ids=ids),
-        dead_letters=await backend.dead_letters(),
+        sessions=SessionStats(active=active, ids=ids if caller.admin else []),
+        dead_letters=await backend.dead_letters() if caller.admin else {},
     )
 
 
 @router.get("/api/session/{session_id}/history", response_model=HistoryResponse)
 async def history(
-    session_id: str, backend: BackendDep, settings: SettingsDep, limit: int = Query(20)
+    session_id: str,
+    caller: CallerDep,
+    backend: BackendDep,
+    settings: SettingsDep,
+    limit: int = Query(20),
 ) -> HistoryResponse:
     validation.session_id(session_id)
     validation.limit(limit, settings.max_history_limit)
-    reply = await backend.history(session_id, limit)
+    reply = await backend.history(session_id, limit, learner=caller.learner)
     return HistoryResponse(session_id=session_id, history=reply.history, count=len(reply.history))
+
+
+@router.post("/api/ws-ticket", response_model=TicketResponse)
+async def ws_ticket(caller: CallerDep, authenticator: AuthenticatorDep) -> TicketResponse:
+    """A ticket to open one WebSocket with (`/ws/{session_id}?ticket=...`) as this
+    caller: a browser cannot send a bearer header there. Good once, for
+    WS_TICKET_TTL_S seconds; it appears in access logs, a token must not."""
+    ticket = await authenticator.issue_ticket(caller)
+    return TicketResponse(ticket=ticket, expires_in=authenticator.ticket_ttl)
 
 
 @router.get("/health/live", include_in_schema=False)

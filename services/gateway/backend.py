@@ -12,6 +12,7 @@ from shared.events import (
     ArchiveQuery,
     HistoryQuery,
     HistoryReply,
+    LearnerId,
     SearchQuery,
     SearchReply,
     StatsQuery,
@@ -44,31 +45,37 @@ class Backend(Conversations):
             ARCHIVE_QUERIES, query, query.query_id, self._settings.archive_timeout, expect
         )
 
-    async def search(self, query: str, limit: int) -> SearchReply:
+    # `learner`: whose captures are searched, listed or counted (the caller's; for
+    # stats, None is everyone's: an admin's).
+
+    async def search(self, query: str, limit: int, *, learner: LearnerId) -> SearchReply:
         return await self._query(
             SearchQuery(
                 query=query,
                 limit=limit,
+                learner=learner,
                 reply_to=self._router.stream,
                 deadline=self._deadline(self._settings.archive_timeout),
             ),
             SearchReply,
         )
 
-    async def history(self, session_id: str, limit: int) -> HistoryReply:
+    async def history(self, session_id: str, limit: int, *, learner: LearnerId) -> HistoryReply:
         return await self._query(
             HistoryQuery(
                 session_id=session_id,
                 limit=limit,
+                learner=learner,
                 reply_to=self._router.stream,
                 deadline=self._deadline(self._settings.archive_timeout),
             ),
             HistoryReply,
         )
 
-    async def stats(self) -> StatsReply:
+    async def stats(self, *, learner: LearnerId | None) -> StatsReply:
         return await self._query(
             StatsQuery(
+                learner=learner,
                 reply_to=self._router.stream,
                 deadline=self._deadline(self._settings.archive_timeout),
             ),

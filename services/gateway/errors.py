@@ -5,7 +5,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from services.gateway.tokens import AuthError
 from services.gateway.validation import InputError
+from shared import metrics
 from shared.asking import AskError, unavailable
 
 
@@ -17,7 +19,26 @@ def _reason(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+REALM = 'Bearer realm="learning-voice-agent"'
+
+
+def _challenge(exc: AuthError) -> str:
+    # RFC 6750 3: no `error` when no credential was sent at all; the body says why.
+    if exc.code == "unauthenticated":
+        return REALM
+    return f'{REALM}, error="invalid_token", error_description="{exc.code}"'
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(AuthError)
+    async def auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        metrics.AUTH_REFUSED.labels("http", exc.code).inc()
+        return JSONResponse(
+            {"detail": exc.reason, "code": exc.code},
+            status_code=401,
+            headers={"WWW-Authenticate": _challenge(exc), "Cache-Control": "no-store"},
+        )
+
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"detail": exc.reason, "code": exc.code}, status_code=exc.status)

@@ -1,6 +1,7 @@
 """Gateway: REST and WebSocket for learners; publishes events, never calls a model."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -8,13 +9,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.gateway import api, errors, frontend, ws
+from services.gateway.auth import Authenticator
 from services.gateway.backend import Backend
 from services.gateway.frontend import Frontend
 from services.gateway.intake import AudioBudget
 from services.gateway.limits import BodySizeLimit
 from services.gateway.memory import ConnectionGauge
+from services.gateway.redaction import redact_tickets
 from services.gateway.security import SecurityHeaders
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import GatewaySettings, open_mode_warning, secret_refusal
 from shared import metrics, telemetry
 from shared.backlog import Backlog
 from shared.broker import make_broker, redis_client, wait_for_redis
@@ -24,8 +27,21 @@ from shared.tasks import cancel_all
 
 SERVICE = "gateway"
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    if settings.auth_mode == "token":
+        problem = secret_refusal(settings)
+        if problem is not None:
+            # Before any connection: a gateway that cannot check tokens does not half start.
+            raise SystemExit(f"gateway will not start: AUTH_MODE=token, but {problem}")
+    warning = open_mode_warning(settings)
+    if warning is not None:
+        log.warning(warning)
+    else:
+        log.info("AUTH_MODE=token: /api/* and /ws/* need a JWT, an API key or a ticket")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await wait_for_redis(settings.redis_url, settings.redis_connect_timeout)
@@ -35,6 +51,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.settings, app.state.redis = settings, redis
         backlog = Backlog(redis, settings.max_backlog)
         app.state.backend = Backend(replies, redis, settings, backlog)
+        app.state.authenticator = Authenticator(settings, redis)
         app.state.connections = ConnectionGauge()
         app.state.audio_budget = AudioBudget(settings.max_audio_bytes_held)
         await broker.start()
@@ -78,4 +95,5 @@ settings = GatewaySettings()
 setup_logging(
     settings.log_level, service="gateway", instance_id=settings.instance_id, fmt=settings.log_format
 )
+redact_tickets()
 app = create_app(settings)

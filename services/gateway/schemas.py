@@ -1,4 +1,4 @@
-"""REST bodies of the gateway, exactly v1's shapes."""
+"""REST bodies of the gateway, exactly v1's shapes (and v2's few additions)."""
 
 from datetime import datetime
 
@@ -61,6 +61,12 @@ class HistoryResponse(BaseModel):
     session_id: str
     history: list[HistoryItem]
     count: int
+
+
+class TicketResponse(BaseModel):
+    ticket: str
+    # Seconds left to open the WebSocket with it.
+    expires_in: int
 
 
 class HealthResponse(BaseModel):

@@ -25,6 +25,10 @@ Answers are kept WS_REPLAY_TTL seconds. A message that got an error was not answ
 sending it again tries again. When a connection drops, the message being answered,
 if it has an `id`, is still answered and kept for its resend; messages still waiting
 their turn are dropped. Messages without an `id` are answered as in v1.
+
+With AUTH_MODE=token a connection authenticates first (a `?ticket=`, or a first
+`{"type": "auth", "token": ...}` message; see ws_auth.py); in open mode nothing
+changes, and an `auth` message is answered `authenticated` as the local learner.
 """
 
 import asyncio
@@ -40,13 +44,15 @@ from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from services.gateway import intake, validation
+from services.gateway import intake, validation, ws_auth
 from services.gateway.backend import Backend
 from services.gateway.intake import AudioBudget, Reservation
 from services.gateway.messages import error, reply_body
 from services.gateway.replay import RENEW_EVERY_S, AnswerLog
 from services.gateway.settings import GatewaySettings
+from services.gateway.tokens import Caller
 from services.gateway.validation import InputError
+from services.gateway.ws_auth import MAX_ID_CHARS, POLICY_VIOLATION
 from shared import metrics, telemetry
 from shared.asking import AskError, timed_out, unavailable
 from shared.events import AudioReceived, ConversationReply, UtteranceReceived, new_id
@@ -56,10 +62,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-KNOWN_TYPES = ("text", "audio", "end", "ping", "cancel")
-# Close code for a connection refused by policy (RFC 6455): a bad session id.
-POLICY_VIOLATION = 1008
-MAX_ID_CHARS = 64
+KNOWN_TYPES = ("text", "audio", "end", "ping", "cancel", "auth")
 # How often a resend checks whether the answer it waits for has been kept.
 REPLAY_POLL_S = 0.1
 # Giving up a claim may happen while the server shuts down: it must not hold that up.
@@ -103,8 +106,10 @@ class Connection:
         session_id: str,
         *,
         stream: bool,
+        caller: Caller,
     ) -> None:
         self._ws = ws
+        self._caller = caller
         self._backend = backend
         self._settings = settings
         self._budget = budget
@@ -193,6 +198,9 @@ class Connection:
         if kind == "ping":
             await self.send({"type": "pong"}, answering)
             return
+        if kind == "auth":
+            await self._reauth(answering)
+            return
         if kind == "cancel":
             try:
                 await self._cancel(answering)
@@ -216,6 +224,16 @@ class Connection:
             return
         self._waiting.append(pending)
         self._arrived.set()
+
+    async def _reauth(self, answering: str | None) -> None:
+        # Open mode: a client that authenticates anyway is the local learner. Token
+        # mode: who the connection is from was settled before this message.
+        if self._caller.via == "open":
+            await self.send(ws_auth.authenticated(self._caller), answering)
+            return
+        await self.send(
+            error("already_authenticated", "this connection is authenticated already"), answering
+        )
 
     async def _take(
         self, message: dict[str, Any], kind: str, answering: str | None, received: float
@@ -278,7 +296,9 @@ class Connection:
 
     async def _answer(self, pending: Pending) -> None:
         if pending.kind == "end":
-            summary = await self._backend.end(self._session_id, "websocket")
+            summary = await self._backend.end(
+                self._session_id, "websocket", learner=self._caller.learner
+            )
             await self.send({"type": "summary", "text": summary.text}, pending.id)
             return
         if pending.id is None:
@@ -373,6 +393,7 @@ class Connection:
                 held=pending.held,
                 event_id=pending.event_id,
                 stream=self._stream,
+                learner=self._caller.learner,
             )
             # Once Redis has the clip, nothing here holds its bytes.
             del clip
@@ -383,6 +404,7 @@ class Connection:
                 pending.text,
                 event_id=pending.event_id,
                 stream=self._stream,
+                learner=self._caller.learner,
             )
         async with aclosing(self._backend.converse(event, own_trace=True)) as replies:
             async for reply in replies:
@@ -418,6 +440,9 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
     metrics.WS_CONNECTIONS.labels("ws").inc()
     try:
         state = ws.app.state
+        caller = await ws_auth.authenticate(ws, state.authenticator, state.settings)
+        if caller is None:
+            return
         await Connection(
             ws,
             state.backend,
@@ -426,6 +451,7 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
             AnswerLog(state.redis, state.settings.ws_replay_ttl),
             session_id,
             stream=_wants_stream(ws),
+            caller=caller,
         ).run()
     finally:
         gauge.closed()

@@ -38,6 +38,7 @@ from pydantic_settings import BaseSettings
 
 from services.archiver.settings import ArchiverSettings, database_path
 from services.gateway.settings import GatewaySettings
+from services.gateway.settings import refusal as gateway_refusal
 from services.responder.settings import ResponderSettings
 from services.telephony.settings import TelephonySettings, refusal
 from services.transcriber.settings import TranscriberSettings
@@ -87,6 +88,9 @@ SCALED_WORKERS = {
 # Variables deployment files give the services that no setting reads, and who does.
 NOT_SETTINGS = {"REDIS_ADDRESS": "KEDA's redis-streams scaler (addressFromEnv)"}
 TWILIO_SECRETS = {"TWILIO_AUTH_TOKEN", "PHONE_HASH_SECRET", "PUBLIC_BASE_URL"}
+# What compose.production.yaml requires: Twilio's, and the key of the learners' tokens.
+PRODUCTION_SECRETS = TWILIO_SECRETS | {"AUTH_SECRET"}
+A_SECRET = "x" * 48
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -281,12 +285,12 @@ def test_compose_parses_and_needs_no_variable() -> None:
         )
 
 
-def test_production_override_requires_twilio_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_override_requires_its_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = yaml.safe_load(COMPOSE_PRODUCTION.read_text())
     required = {name for name, op, _ in variables(raw) if op in (":?", "?")}
-    assert required == TWILIO_SECRETS
-    for name in TWILIO_SECRETS:
-        given = {other: "x" for other in TWILIO_SECRETS - {name}}
+    assert required == PRODUCTION_SECRETS
+    for name in PRODUCTION_SECRETS:
+        given = {other: "x" for other in PRODUCTION_SECRETS - {name}}
         with pytest.raises(MissingVariableError) as missing:
             compose(given, production=True)
         assert missing.value.name == name
@@ -295,14 +299,42 @@ def test_production_override_requires_twilio_secrets(monkeypatch: pytest.MonkeyP
         "TWILIO_AUTH_TOKEN": "token",
         "PHONE_HASH_SECRET": "a-long-random-value",
         "PUBLIC_BASE_URL": "https://voice.example.com",
+        "AUTH_SECRET": A_SECRET,
     }
-    telephony = compose(secrets, production=True)["services"]["telephony"]
+    services = compose(secrets, production=True)["services"]
+    telephony = services["telephony"]
     env = service_env(telephony)
     assert env["HOST"] == "0.0.0.0"
     settings = settings_from("telephony", env, monkeypatch)
     assert isinstance(settings, TelephonySettings)
     assert refusal(settings) is None
     assert any(str(port).startswith("8001:") for port in telephony["ports"])
+    gateway = settings_from("gateway", service_env(services["gateway"]), monkeypatch)
+    assert isinstance(gateway, GatewaySettings)
+    assert gateway.auth_mode == "token" and not gateway.auth_open_any_host
+    assert gateway_refusal(gateway) is None
+
+
+def test_gateway_without_tokens_is_published_on_loopback_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    definition = compose()["services"]["gateway"]
+    env = service_env(definition)
+    settings = settings_from("gateway", env, monkeypatch)
+    assert isinstance(settings, GatewaySettings)
+    assert settings.auth_mode == "open"
+    assert gateway_refusal(settings) is None, "the gateway would refuse to start in compose.yaml"
+    # Open mode on 0.0.0.0 inside the container is allowed only because of this:
+    for port in definition["ports"]:
+        assert str(port).startswith("127.0.0.1:"), f"open mode published beyond loopback: {port}"
+    # ... and without AUTH_OPEN_ANY_HOST the same settings are refused.
+    exposed = settings_from("gateway", {**env, "AUTH_OPEN_ANY_HOST": "false"}, monkeypatch)
+    assert isinstance(exposed, GatewaySettings)
+    assert "AUTH_MODE=open" in str(gateway_refusal(exposed))
+    # Tokens asked for without a secret: refused too, with the reason.
+    tokens = settings_from("gateway", {**env, "AUTH_MODE": "token"}, monkeypatch)
+    assert isinstance(tokens, GatewaySettings)
+    assert "AUTH_SECRET" in str(gateway_refusal(tokens))
 
 
 def test_telephony_starts_in_local_mode_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -434,7 +466,9 @@ def test_prometheus_scrapes_every_service(monkeypatch: pytest.MonkeyPatch) -> No
 def test_compose_variables_are_read_and_documented(service: str) -> None:
     for production in (False, True):
         env = service_env(
-            compose(dict.fromkeys(TWILIO_SECRETS, "x"), production=production)["services"][service]
+            compose(dict.fromkeys(PRODUCTION_SECRETS, "x"), production=production)["services"][
+                service
+            ]
         )
         assert_variables_read_and_documented("deploy/compose.yaml", service, set(env))
 
@@ -1022,3 +1056,17 @@ def test_telephony_refuses_placeholders_and_starts_with_secrets(
     settings = settings_from("telephony", filled, monkeypatch)
     assert isinstance(settings, TelephonySettings)
     assert refusal(settings) is None
+
+
+def test_gateway_refuses_placeholders_and_starts_with_a_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = cluster("example")
+    env = container_env(docs, only_container(by_kind(docs, "Deployment")["gateway"]))
+    placeholder = settings_from("gateway", env, monkeypatch)
+    assert isinstance(placeholder, GatewaySettings)
+    assert placeholder.auth_mode == "token"
+    assert "AUTH_SECRET" in str(gateway_refusal(placeholder))
+    settings = settings_from("gateway", {**env, "AUTH_SECRET": A_SECRET}, monkeypatch)
+    assert isinstance(settings, GatewaySettings)
+    assert gateway_refusal(settings) is None
