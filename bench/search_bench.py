@@ -7,10 +7,17 @@ few thousand English-like words (common words typed in below, plus derived
 forms and invented words for the long tail; nothing is downloaded), ingests them
 through `Archive.save_many` in batches, then times `Archive.search` for four
 kinds of query. Prints a markdown table and writes it to --out.
+
+With --minority-share, each session is a minority learner's with that
+probability and a majority learner's otherwise, and every query is timed as each
+of them: what the other's captures cost a search (the texts are those of the
+default run).
 """
 
 import argparse
 import asyncio
+import dataclasses
+import functools
 import itertools
 import logging
 import platform
@@ -27,7 +34,7 @@ from pathlib import Path
 
 from services.archiver.repository import Archive
 from services.archiver.settings import ArchiverSettings
-from shared.events import ExchangeCompleted
+from shared.events import DEFAULT_LEARNER, ExchangeCompleted
 
 log = logging.getLogger("bench.search_bench")
 
@@ -83,6 +90,8 @@ PREFIXES = ("re", "un", "pre", "over", "under", "mis")
 ZIPF_EXPONENT = 1.07
 VOCABULARY_SIZE = 6000
 
+MAJORITY, MINORITY = "bench-major", "bench-minor"
+
 
 def build_vocabulary(rng: random.Random, size: int = VOCABULARY_SIZE) -> list[str]:
     """Words ordered by rank: function words, base words, then derived/invented."""
@@ -125,24 +134,35 @@ class TextGenerator:
         return " ".join(words) + self.rng.choice((".", ".", "?", "!"))
 
 
-def exchanges(rows: int, seed: int) -> Iterator[ExchangeCompleted]:
+def exchanges(rows: int, seed: int, minority: float = 0.0) -> Iterator[ExchangeCompleted]:
     rng = random.Random(seed)
+    # Its own generator: the texts stay those of a run without learners.
+    owners = random.Random(seed + 7)
     text = TextGenerator(rng, build_vocabulary(rng))
     moment = datetime(2025, 1, 1, tzinfo=UTC)
     session = 0
+    learner = _learner(owners, minority)
     for _ in range(rows):
         if rng.random() < 0.05:
             session += 1
+            learner = _learner(owners, minority)
         moment += timedelta(seconds=rng.randint(1, 30))
         yield ExchangeCompleted(
             session_id=f"bench-{session}",
             source="websocket",
+            learner=learner,
             occurred_at=moment,
             user_text=text.sentence(4, 24),
             agent_text=text.sentence(8, 40),
             intent="statement",
             responder="bench",
         )
+
+
+def _learner(rng: random.Random, minority: float) -> str:
+    if not minority:
+        return DEFAULT_LEARNER
+    return MINORITY if rng.random() < minority else MAJORITY
 
 
 def batched(items: Iterator[ExchangeCompleted], size: int) -> Iterator[list[ExchangeCompleted]]:
@@ -157,11 +177,13 @@ class Ingest:
     wall_seconds: float  # including generating the events
 
 
-async def ingest(archive: Archive, rows: int, batch_size: int, seed: int) -> Ingest:
+async def ingest(
+    archive: Archive, rows: int, batch_size: int, seed: int, minority: float = 0.0
+) -> Ingest:
     in_save = 0.0
     started = time.perf_counter()
     stored = 0
-    for batch in batched(exchanges(rows, seed), batch_size):
+    for batch in batched(exchanges(rows, seed, minority), batch_size):
         t0 = time.perf_counter()
         stored += await archive.save_many(batch)
         in_save += time.perf_counter() - t0
@@ -245,9 +267,10 @@ class Timing:
     mean_hits: float
 
 
-async def time_queries(
-    search: Callable[[str, int], Awaitable[Sequence[object]]], queries: Sequence[str], limit: int
-) -> Timing:
+Search = Callable[[str, int], Awaitable[Sequence[object]]]
+
+
+async def time_queries(search: Search, queries: Sequence[str], limit: int) -> Timing:
     durations: list[float] = []
     hits = 0
     for query in queries:
@@ -301,22 +324,32 @@ async def run(args: argparse.Namespace) -> str:
         search_candidate_limit=args.candidates or settings.search_candidate_limit,
     )
     async with archive:
-        total, _, _ = await archive.stats()
+        total, _, _ = await archive.stats(None)
         ingest_result = None
         if total == 0:
             log.info("generating and ingesting %d captures into %s", args.rows, db_path)
-            ingest_result = await ingest(archive, args.rows, args.batch_size, args.seed)
+            ingest_result = await ingest(
+                archive, args.rows, args.batch_size, args.seed, args.minority_share
+            )
             total = ingest_result.rows
         else:
             log.info("reusing %s with %d captures", db_path, total)
         results = []
+        learners = [MINORITY, MAJORITY] if args.minority_share else [DEFAULT_LEARNER]
+        shares = {learner: (await archive.stats(learner))[0] / total for learner in learners}
         for workload in workloads(db_path, args.queries, args.seed):
-            await time_queries(archive.search, workload.queries[:10], args.limit)  # warm-up
-            timing = await time_queries(archive.search, workload.queries, args.limit)
-            log.info(
-                "%s: median %.2f ms, p95 %.2f ms", workload.name, timing.median_ms, timing.p95_ms
-            )
-            results.append((workload, timing))
+            for learner in learners:
+                search = functools.partial(archive.search, learner=learner)
+                await time_queries(search, workload.queries[:10], args.limit)  # warm-up
+                timing = await time_queries(search, workload.queries, args.limit)
+                shown = workload
+                if args.minority_share:
+                    name = f"{workload.name}, as {learner} ({shares[learner]:.0%} of captures)"
+                    shown = dataclasses.replace(workload, name=name)
+                log.info(
+                    "%s: median %.2f ms, p95 %.2f ms", shown.name, timing.median_ms, timing.p95_ms
+                )
+                results.append((shown, timing))
     size_mb = _database_megabytes(db_dir)
     meta = (
         f"SQLite {sqlite3.sqlite_version}, Python {platform.python_version()}, "
@@ -336,6 +369,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=20, help="results per search (v1 default)")
     parser.add_argument("--candidates", type=int, default=None, help="search_candidate_limit")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--minority-share",
+        type=float,
+        default=0.0,
+        help="share of sessions owned by a second learner (0: one learner owns all)",
+    )
     parser.add_argument(
         "--db-dir", default=None, help="keep the database here; reused if it has rows"
     )

@@ -62,12 +62,13 @@ class _Runtime:
 
 async def answer(archive: Archive, query: AnyArchiveQuery) -> Reply:
     if isinstance(query, SearchQuery):
-        hits = await archive.search(query.query, query.limit)
+        hits = await archive.search(query.query, query.limit, query.learner)
         return SearchReply(in_reply_to=query.query_id, query=query.query, results=hits)
     if isinstance(query, HistoryQuery):
-        items = await archive.history(query.session_id, query.limit)
+        items = await archive.history(query.session_id, query.limit, query.learner)
         return HistoryReply(in_reply_to=query.query_id, session_id=query.session_id, history=items)
-    total, sessions, last = await archive.stats()
+    # learner None: everyone's (the gateway asks so for an admin only).
+    total, sessions, last = await archive.stats(query.learner)
     return StatsReply(
         in_reply_to=query.query_id,
         total_captures=total,

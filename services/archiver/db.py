@@ -27,6 +27,27 @@ arrive before the exchange it concerns:
   its metadata (`interrupted.written_text`);
 - `recordings`: Twilio's recordings of a call, by session; each capture of the
   call lists them in its metadata (`recordings`).
+
+Schema version 3 says whose each capture is (`captures.learner`, see
+shared.events.LearnerId); every search, history and stats query is answered for
+one learner. Rows written before it belong to DEFAULT_LEARNER ('local', the one
+learner of AUTH_MODE=open): the column's default, so adding it rewrites no row.
+
+- `captures_fts.learner_key`: the owner, as one token that a MATCH filters on
+  (`learner_key : "6c6f63616c" AND (...)`, see fts_query.owned_by). The filter
+  is part of the FTS query, so FTS5 skips other learners' entries of a word
+  through its doclist index instead of visiting each of them: another learner's
+  common words do not lengthen a search. The token is the id in hex because
+  unicode61 would fold case and split on `_.:-`, making "Ann.1" and "ann-1" one
+  learner. The index reads it from the view `captures_fts_content` (the
+  external content), which computes it from `captures.learner`; the column must
+  be read back exactly as it was indexed, or FTS5's content check would fail;
+- `learner_stats`: the row and session counters of each learner, kept by
+  triggers like `capture_stats` (which still counts everyone's, for an admin);
+- `idx_captures_learner_timestamp`: a learner's last capture is an index lookup.
+
+A v2 file gets the column, its FTS index rebuilt with the owner and the
+counters counted (`_FTS_VERSION`).
 """
 
 import logging
@@ -34,6 +55,8 @@ import sqlite3
 from pathlib import Path
 
 import aiosqlite
+
+from shared.events import DEFAULT_LEARNER
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +77,12 @@ _WRITER_CACHE_KIB = -262144
 _WAL_CHECKPOINT_PAGES = 10_000
 
 # PRAGMA user_version once the current schema is in place.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # A file below this version gets its FTS index rebuilt and its counters
 # recounted; one at or above it keeps them: rebuilding a large index takes
-# seconds per 100,000 captures, and version 2 added only new tables.
-_FTS_VERSION = 1
+# seconds per 100,000 captures. Version 2 added only new tables; version 3 a
+# column to the index, and per-learner counters.
+_FTS_VERSION = 3
 
 # v1's FTS triggers; they must go, or rows would be indexed twice (insert) and
 # the index corrupted (update/delete).
@@ -71,9 +95,12 @@ _TRIGGERS = (
     "capture_stats_ai",
     "capture_stats_ad",
     "capture_stats_au",
+    "learner_stats_ai",
+    "learner_stats_ad",
+    "learner_stats_au",
 )
 
-_TABLES = """
+_TABLES = f"""
 CREATE TABLE IF NOT EXISTS captures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id TEXT NOT NULL,
@@ -81,7 +108,8 @@ CREATE TABLE IF NOT EXISTS captures (
     user_text TEXT NOT NULL,
     agent_text TEXT NOT NULL,
     metadata TEXT,
-    event_id TEXT
+    event_id TEXT,
+    learner TEXT NOT NULL DEFAULT '{DEFAULT_LEARNER}'
 );
 """
 
@@ -89,34 +117,43 @@ _SCHEMA = """
 CREATE UNIQUE INDEX IF NOT EXISTS idx_captures_event_id ON captures(event_id);
 CREATE INDEX IF NOT EXISTS idx_session_timestamp ON captures(session_id, timestamp DESC);
 CREATE INDEX IF NOT EXISTS idx_captures_timestamp ON captures(timestamp);
+CREATE INDEX IF NOT EXISTS idx_captures_learner_timestamp ON captures(learner, timestamp);
 
+-- What the FTS index holds of each capture, and reads back to check itself or
+-- to make snippets: the owner as one hex token (see the module docstring).
+-- SQLite's hex() is that of the UTF-8 bytes, like fts_query.learner_token.
+CREATE VIEW IF NOT EXISTS captures_fts_content AS
+SELECT id, session_id, user_text, agent_text, hex(learner) AS learner_key FROM captures;
+
+-- learner_key last: snippet() and bm25() weights name columns by position.
 CREATE VIRTUAL TABLE IF NOT EXISTS captures_fts USING fts5(
     session_id UNINDEXED,
     user_text,
     agent_text,
-    content=captures,
+    learner_key,
+    content=captures_fts_content,
     content_rowid=id,
     prefix='3'
 );
 
 CREATE TRIGGER IF NOT EXISTS captures_fts_ai AFTER INSERT ON captures BEGIN
-    INSERT INTO captures_fts(rowid, session_id, user_text, agent_text)
-    VALUES (new.id, new.session_id, new.user_text, new.agent_text);
+    INSERT INTO captures_fts(rowid, session_id, user_text, agent_text, learner_key)
+    VALUES (new.id, new.session_id, new.user_text, new.agent_text, hex(new.learner));
 END;
 
 CREATE TRIGGER IF NOT EXISTS captures_fts_ad AFTER DELETE ON captures BEGIN
-    INSERT INTO captures_fts(captures_fts, rowid, session_id, user_text, agent_text)
-    VALUES ('delete', old.id, old.session_id, old.user_text, old.agent_text);
+    INSERT INTO captures_fts(captures_fts, rowid, session_id, user_text, agent_text, learner_key)
+    VALUES ('delete', old.id, old.session_id, old.user_text, old.agent_text, hex(old.learner));
 END;
 
 -- Only when indexed content (or the rowid) changes: a metadata-only UPDATE
 -- leaves the index alone.
 CREATE TRIGGER IF NOT EXISTS captures_fts_au
-AFTER UPDATE OF id, session_id, user_text, agent_text ON captures BEGIN
-    INSERT INTO captures_fts(captures_fts, rowid, session_id, user_text, agent_text)
-    VALUES ('delete', old.id, old.session_id, old.user_text, old.agent_text);
-    INSERT INTO captures_fts(rowid, session_id, user_text, agent_text)
-    VALUES (new.id, new.session_id, new.user_text, new.agent_text);
+AFTER UPDATE OF id, session_id, user_text, agent_text, learner ON captures BEGIN
+    INSERT INTO captures_fts(captures_fts, rowid, session_id, user_text, agent_text, learner_key)
+    VALUES ('delete', old.id, old.session_id, old.user_text, old.agent_text, hex(old.learner));
+    INSERT INTO captures_fts(rowid, session_id, user_text, agent_text, learner_key)
+    VALUES (new.id, new.session_id, new.user_text, new.agent_text, hex(new.learner));
 END;
 
 -- Why counters: COUNT(*) and COUNT(DISTINCT session_id) read the whole table
@@ -154,6 +191,52 @@ WHEN old.session_id IS NOT new.session_id BEGIN
                 SELECT 1 FROM captures WHERE session_id = new.session_id AND id <> new.id))
             - (NOT EXISTS (SELECT 1 FROM captures WHERE session_id = old.session_id))
     WHERE id = 1;
+END;
+
+-- The same counters for each learner: a learner's /api/stats is as cheap as an
+-- admin's. "Is this session new?" probes idx_session_timestamp and stops at the
+-- session's first row of that learner: a session has one learner (the
+-- responder sees to it), so that is its first row.
+CREATE TABLE IF NOT EXISTS learner_stats (
+    learner TEXT PRIMARY KEY,
+    total_captures INTEGER NOT NULL,
+    unique_sessions INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TRIGGER IF NOT EXISTS learner_stats_ai AFTER INSERT ON captures BEGIN
+    INSERT INTO learner_stats (learner, total_captures, unique_sessions)
+    VALUES (new.learner, 1, 1)
+    ON CONFLICT (learner) DO UPDATE SET
+        total_captures = total_captures + 1,
+        unique_sessions = unique_sessions + (NOT EXISTS (
+            SELECT 1 FROM captures
+            WHERE session_id = new.session_id AND learner = new.learner AND id <> new.id));
+END;
+
+CREATE TRIGGER IF NOT EXISTS learner_stats_ad AFTER DELETE ON captures BEGIN
+    UPDATE learner_stats SET
+        total_captures = total_captures - 1,
+        unique_sessions = unique_sessions - (NOT EXISTS (
+            SELECT 1 FROM captures WHERE session_id = old.session_id AND learner = old.learner))
+    WHERE learner = old.learner;
+END;
+
+-- A capture moved to another learner or session: out of the old one's counts,
+-- into the new one's (the row already has its new values here).
+CREATE TRIGGER IF NOT EXISTS learner_stats_au AFTER UPDATE OF learner, session_id ON captures
+WHEN old.learner IS NOT new.learner OR old.session_id IS NOT new.session_id BEGIN
+    UPDATE learner_stats SET
+        total_captures = total_captures - 1,
+        unique_sessions = unique_sessions - (NOT EXISTS (
+            SELECT 1 FROM captures WHERE session_id = old.session_id AND learner = old.learner))
+    WHERE learner = old.learner;
+    INSERT INTO learner_stats (learner, total_captures, unique_sessions)
+    VALUES (new.learner, 1, 1)
+    ON CONFLICT (learner) DO UPDATE SET
+        total_captures = total_captures + 1,
+        unique_sessions = unique_sessions + (NOT EXISTS (
+            SELECT 1 FROM captures
+            WHERE session_id = new.session_id AND learner = new.learner AND id <> new.id));
 END;
 
 -- Rows stay once applied: a redelivered event is then known as stored, and
@@ -243,16 +326,24 @@ async def ensure_schema(conn: aiosqlite.Connection) -> None:
     file are created. Below SCHEMA_VERSION the triggers are made afresh from
     their current definitions (cheap); below _FTS_VERSION (new, or written by
     v1) so is the FTS table, whose index is rebuilt from `captures` (v1's
-    triggers may have corrupted it, and its table lacks the prefix index), and
-    the counters are computed by one full scan. Later opens skip all of that.
+    triggers may have corrupted it, its table lacks the prefix index, and
+    before v3 the owner), and the counters are computed by one full scan.
+    Later opens skip all of that.
     """
     await conn.execute("BEGIN IMMEDIATE")
     try:
         await _execute_script(conn, _TABLES)
-        if "event_id" not in await _columns(conn, "captures"):
+        columns = await _columns(conn, "captures")
+        if "event_id" not in columns:
             # A v1 file: its rows have no event id (NULL, which the unique
             # index allows any number of times).
             await conn.execute("ALTER TABLE captures ADD COLUMN event_id TEXT")
+        if "learner" not in columns:
+            # Before v3: every row is the default learner's. A column with a
+            # constant default is added without rewriting a row.
+            await conn.execute(
+                f"ALTER TABLE captures ADD COLUMN learner TEXT NOT NULL DEFAULT '{DEFAULT_LEARNER}'"
+            )
         async with conn.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
@@ -261,15 +352,23 @@ async def ensure_schema(conn: aiosqlite.Connection) -> None:
         for trigger in (*_V1_TRIGGERS, *(_TRIGGERS if upgrade else ())):
             await conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         if rebuild:
+            # Its content view too: the table reads it, and it may have changed.
             await conn.execute("DROP TABLE IF EXISTS captures_fts")
+            await conn.execute("DROP VIEW IF EXISTS captures_fts_content")
         await _execute_script(conn, _SCHEMA)
         if rebuild:
-            # Seconds per 100,000 captures: worth a line when a v1 file is big.
+            # Seconds per 100,000 captures: worth a line when an older file is big.
             log.info("building the archive's full-text index and counters")
             await conn.execute("INSERT INTO captures_fts(captures_fts) VALUES ('rebuild')")
             await conn.execute(
                 "INSERT OR REPLACE INTO capture_stats (id, total_captures, unique_sessions) "
                 "SELECT 1, count(*), count(DISTINCT session_id) FROM captures"
+            )
+            await conn.execute("DELETE FROM learner_stats")
+            await conn.execute(
+                "INSERT INTO learner_stats (learner, total_captures, unique_sessions) "
+                "SELECT learner, count(*), count(DISTINCT session_id) FROM captures "
+                "GROUP BY learner"
             )
         if upgrade:
             await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

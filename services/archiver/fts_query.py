@@ -40,6 +40,9 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# captures_fts's column of the owner's token (services/archiver/db.py).
+LEARNER_COLUMN = "learner_key"
+
 MAX_TERMS = 32
 MAX_TOKENS_PER_TERM = 16
 # captures_fts is created with prefix='3' (services/archiver/db.py).
@@ -177,6 +180,31 @@ def needs_doclist_merge(term: Term) -> bool:
 def to_expression(terms: Sequence[Term]) -> str:
     """The MATCH expression ANDing `terms` (FTS5's implicit AND)."""
     return " ".join(term.to_fts() for term in terms)
+
+
+def learner_token(learner: str) -> str:
+    """The token captures_fts holds for `learner`: its UTF-8 bytes in hex, like
+    SQLite's hex() (unicode61 folds the case), so that no two ids share one."""
+    return learner.encode().hex()
+
+
+def learner_filter(learner: str) -> str:
+    """The MATCH expression of every capture of `learner`."""
+    return f'{LEARNER_COLUMN} : "{learner_token(learner)}"'
+
+
+def owned_by(learner: str | None, expression: str) -> str:
+    """`expression` matching only the captures of `learner` (None: anyone's).
+
+    The learner's words are not confined to the text columns: a word can match
+    `learner_key` only in rows whose owner it is the token of, and those are
+    the learner's own here (searching one's own hex id finds all one's
+    captures). A column filter would make bm25() read every position list of
+    the words it counts: twice the time of a search for "the".
+    """
+    if learner is None:
+        return expression
+    return f"{learner_filter(learner)} AND ({expression})"
 
 
 def build_match_expression(query: str) -> str | None:

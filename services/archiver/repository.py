@@ -30,6 +30,7 @@ from services.archiver.fts_query import split_terms
 from services.archiver.integrity import IntegrityReport
 from services.archiver.settings import ArchiverSettings
 from shared.events import (
+    DEFAULT_LEARNER,
     CallRecorded,
     ExchangeCompleted,
     HistoryItem,
@@ -49,8 +50,8 @@ _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\ud800-\udfff]")
 # The targeted form of INSERT OR IGNORE: only a duplicate event_id is skipped;
 # any other constraint failure (a NULL text, say) still raises.
 _INSERT = """
-INSERT INTO captures (event_id, session_id, timestamp, user_text, agent_text, metadata)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO captures (event_id, session_id, timestamp, user_text, agent_text, metadata, learner)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -118,17 +119,26 @@ WHERE session_id = :session_id AND NOT EXISTS (
 )
 """
 
+# A session is one learner's, but another may have used its id: their rows are
+# skipped, not shown. :learner NULL: anyone's.
 _HISTORY = """
 SELECT id, timestamp, user_text, agent_text, metadata
 FROM captures
-WHERE session_id = ?
+WHERE session_id = :session_id AND (:learner IS NULL OR learner = :learner)
 ORDER BY timestamp DESC, id DESC
-LIMIT ?
+LIMIT :limit
 """
 
 _STATS = """
 SELECT s.total_captures, s.unique_sessions, (SELECT max(timestamp) FROM captures)
 FROM capture_stats AS s WHERE s.id = 1
+"""
+
+# max(timestamp): one probe of idx_captures_learner_timestamp.
+_LEARNER_STATS = """
+SELECT s.total_captures, s.unique_sessions,
+       (SELECT max(timestamp) FROM captures WHERE learner = s.learner)
+FROM learner_stats AS s WHERE s.learner = ?
 """
 
 
@@ -144,6 +154,7 @@ class _Row(NamedTuple):
     user_text: str
     agent_text: str
     metadata: str
+    learner: str
 
 
 class _Heard(NamedTuple):
@@ -196,6 +207,7 @@ def _row(exchange: ExchangeCompleted) -> _Row:
         clean_text(exchange.user_text),
         clean_text(exchange.agent_text),
         _metadata(exchange),
+        exchange.learner,
     )
 
 
@@ -445,8 +457,11 @@ class Archive:
                     added += await _save_recording(writer, event)
         return added
 
-    async def search(self, query: str, limit: int) -> list[SearchHit]:
-        """Matches of `query`, best first by BM25, at most `limit` of them.
+    async def search(
+        self, query: str, limit: int, learner: str | None = DEFAULT_LEARNER
+    ) -> list[SearchHit]:
+        """Matches of `query` among the captures of `learner` (None: everyone's),
+        best first by BM25, at most `limit` of them.
 
         Relevance is ranked within the newest `search_candidate_limit` matches
         (by rowid, i.e. arrival order), not within all of them: ranking every
@@ -463,7 +478,7 @@ class Archive:
             return []
         async with self._reader() as conn:
             try:
-                return await search.search(conn, terms, limit, self._candidate_limit)
+                return await search.search(conn, terms, limit, self._candidate_limit, learner)
             except sqlite3.OperationalError as error:
                 if not _is_fts_query_error(error):
                     raise
@@ -472,12 +487,16 @@ class Archive:
                 log.error("FTS5 rejected the terms %r of %r: %s", terms, query, error)
                 return []
 
-    async def history(self, session_id: str, limit: int) -> list[HistoryItem]:
-        """The session's exchanges, newest first, at most `limit` of them."""
+    async def history(
+        self, session_id: str, limit: int, learner: str | None = DEFAULT_LEARNER
+    ) -> list[HistoryItem]:
+        """The session's exchanges of `learner` (None: anyone's), newest first, at
+        most `limit` of them."""
         if limit < 1:
             return []
+        params = {"session_id": session_id, "learner": learner, "limit": limit}
         async with self._reader() as conn:
-            rows = await conn.execute_fetchall(_HISTORY, (session_id, limit))
+            rows = await conn.execute_fetchall(_HISTORY, params)
         return [
             HistoryItem(
                 id=row[0], timestamp=row[1], user_text=row[2], agent_text=row[3], metadata=row[4]
@@ -485,10 +504,14 @@ class Archive:
             for row in rows
         ]
 
-    async def stats(self) -> tuple[int, int, str | None]:
-        """(total_captures, unique_sessions, last_capture); O(1), see db."""
+    async def stats(self, learner: str | None = DEFAULT_LEARNER) -> tuple[int, int, str | None]:
+        """(total_captures, unique_sessions, last_capture) of `learner`, or of
+        everyone (None: an admin's); O(1), see db."""
         async with self._reader() as conn:
-            rows = list(await conn.execute_fetchall(_STATS))
+            if learner is None:
+                rows = list(await conn.execute_fetchall(_STATS))
+            else:
+                rows = list(await conn.execute_fetchall(_LEARNER_STATS, (learner,)))
         if not rows:
             return 0, 0, None
         total, sessions, last = rows[0]

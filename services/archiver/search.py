@@ -37,6 +37,24 @@ Where the time goes at 1,000,000 captures, and what is done about it:
    each looked up by rowid. A prefix the prefix index does not cover makes
    every FTS5 cursor merge many doclists; its snippets then come from a
    single cursor over the winners' rowid range instead.
+
+A search is one learner's (see db: schema version 3). Their captures are
+selected in the FTS query itself (`fts_query.owned_by`): the learner's doclist
+is ANDed with the query's, and FTS5 skips the other learners' entries instead
+of reading them. Where the query ranks by a cheaper expression (2. above), that
+expression is not filtered: it only scores candidates already chosen, and the
+filter would have bm25() count every capture of the learner, once per search.
+Word counts, IDFs and budgets are the whole archive's, which is what bm25()
+and the ranking cursor walk. Two shortcuts:
+
+- a learner who owns every capture (one learner, AUTH_MODE=open) is searched
+  without the filter, which costs about 10 µs per match to skip through the
+  learner's doclist (1.4 ms for a rare word at 200,000 captures);
+- a learner without captures gets [] without a query.
+
+Whatever the FTS query, the last statement keeps only rows of `captures` whose
+`learner` is the asker: a capture written by another learner between the
+first statement and the last can cost a hit, never show one.
 """
 
 import html
@@ -46,7 +64,13 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from services.archiver.fts_query import Term, needs_doclist_merge, to_expression
+from services.archiver.fts_query import (
+    Term,
+    learner_filter,
+    needs_doclist_merge,
+    owned_by,
+    to_expression,
+)
 from shared.events import SearchHit
 
 MARK_OPEN, MARK_CLOSE = "\x02", "\x03"
@@ -63,10 +87,14 @@ DENSITY_WINDOW = 4096
 COUNT_BUDGET_ROWS = 250_000
 SCAN_BUDGET_ROWS = 40_000
 
+# Columns session_id, user_text, agent_text, learner_key: the owner's token
+# weighs nothing, or every match would score as if it had one more word.
+_BM25 = "bm25(captures_fts, 1.0, 1.0, 1.0, 0.0)"
+
 # bm25() computed while collecting the candidates, one pass.
-_RANK_QUERY = """
+_RANK_QUERY = f"""
 SELECT id FROM (
-    SELECT rowid AS id, bm25(captures_fts) AS score
+    SELECT rowid AS id, {_BM25} AS score
     FROM captures_fts WHERE captures_fts MATCH :query
     ORDER BY rowid DESC LIMIT :candidates
 )
@@ -85,12 +113,12 @@ _FORWARD_CAP_FACTOR = 4
 # bm25() of `:ranking` for the candidates only. The unary + keeps the IN list
 # out of FTS5's index choice: FTS5 would restart its cursor, and bm25's IDF
 # count, once per value.
-_RANK_CANDIDATES = """
+_RANK_CANDIDATES = f"""
 SELECT rowid FROM captures_fts
 WHERE captures_fts MATCH :ranking
   AND rowid BETWEEN :low AND :high
   AND +rowid IN (SELECT value FROM json_each(:ids))
-ORDER BY bm25(captures_fts), rowid DESC LIMIT :limit
+ORDER BY {_BM25}, rowid DESC LIMIT :limit
 """
 
 _NEWEST = """
@@ -104,6 +132,10 @@ snippet(captures_fts, 1, :open, :close, '{_ELLIPSIS}', {_SNIPPET_TOKENS}),
 snippet(captures_fts, 2, :open, :close, '{_ELLIPSIS}', {_SNIPPET_TOKENS})
 """
 
+# Whose rows a search may return, checked on `captures` whatever the FTS query
+# selected (see the module docstring); :learner NULL: anyone's.
+_OWNED = "(:learner IS NULL OR c.learner = :learner)"
+
 # CROSS JOIN fixes the join order: one FTS5 lookup by rowid per winner.
 _DETAILS_BY_ROWID = f"""
 SELECT {_COLUMNS}
@@ -113,6 +145,7 @@ CROSS JOIN captures AS c
 WHERE captures_fts MATCH :query
   AND captures_fts.rowid = winner.value
   AND c.id = winner.value
+  AND {_OWNED}
 """
 
 _DETAILS_BY_RANGE = f"""
@@ -123,6 +156,13 @@ WHERE captures_fts MATCH :query
   AND captures_fts.rowid BETWEEN :low AND :high
   AND +captures_fts.rowid IN (SELECT value FROM json_each(:ids))
   AND c.id = captures_fts.rowid
+  AND {_OWNED}
+"""
+
+# The learner's captures, and everyone's: whether the FTS query must say whose.
+_OWNERSHIP = """
+SELECT (SELECT total_captures FROM learner_stats WHERE learner = ?),
+       (SELECT total_captures FROM capture_stats WHERE id = 1)
 """
 
 
@@ -132,18 +172,26 @@ def render_snippet(raw: str) -> str:
     return escaped.replace(MARK_OPEN, "<mark>").replace(MARK_CLOSE, "</mark>")
 
 
-def _estimate_sql(probes: int) -> str:
-    """Total rows, newest rowid, then the matches of `?2`, `?3`... among the
-    newest `?1` rowids."""
+def _estimate_sql(words: int) -> str:
+    """Total rows, newest rowid, the matches of the query `?2` among the newest
+    `?1` rowids of the learner `?3` (everyone's if NULL), then those of the words
+    `?4`, `?5`... among the newest `?1` rowids of all."""
     counts = "".join(
-        f",\n(SELECT count(*) FROM captures_fts WHERE captures_fts MATCH ?{i + 2}"
+        f",\n(SELECT count(*) FROM captures_fts WHERE captures_fts MATCH ?{i + 4}"
         " AND rowid > (SELECT low FROM recent))"
-        for i in range(probes)
+        for i in range(words)
     )
+    # A learner's newest rows may be spread far wider than everyone's newest:
+    # their window starts at their ?1-th newest capture, found in their doclist.
     return (
-        "WITH recent(low) AS (SELECT max(id) - ?1 FROM captures)\n"
+        "WITH recent(low) AS (SELECT max(id) - ?1 FROM captures),\n"
+        "mine(low) AS (SELECT CASE WHEN ?3 IS NULL THEN (SELECT low FROM recent) ELSE"
+        " coalesce((SELECT rowid - 1 FROM captures_fts WHERE captures_fts MATCH ?3"
+        " ORDER BY rowid DESC LIMIT 1 OFFSET ?1 - 1), 0) END)\n"
         "SELECT (SELECT total_captures FROM capture_stats WHERE id = 1),"
-        f" (SELECT max(id) FROM captures){counts}"
+        " (SELECT max(id) FROM captures),"
+        " (SELECT count(*) FROM captures_fts WHERE captures_fts MATCH ?2"
+        f" AND rowid > (SELECT low FROM mine)){counts}"
     )
 
 
@@ -160,11 +208,25 @@ class _Estimate:
     query_rows: int  # estimated rows matching the whole query
 
 
-async def _estimate(conn: aiosqlite.Connection, terms: Sequence[Term]) -> _Estimate | None:
-    """Row counts of the query and its words; None in a small archive."""
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """Whose captures a search selects, and how."""
+
+    # The FTS query's owner filter; None: the query selects anyone's rows.
+    learner: str | None
+    # How many rows that leaves to search (the learner's, or all).
+    rows: int
+
+
+async def _estimate(
+    conn: aiosqlite.Connection, terms: Sequence[Term], query: str, scope: _Scope
+) -> _Estimate | None:
+    """Row counts of the query (`terms` in `scope`) and of its words (in all
+    rows); None in a small archive."""
     words = list(dict.fromkeys(word for term in terms for word in term.words()))
-    probes = [to_expression(terms), *(word.to_fts() for word in words)]
-    async with conn.execute(_estimate_sql(len(probes)), [DENSITY_WINDOW, *probes]) as cursor:
+    owner = learner_filter(scope.learner) if scope.learner is not None else None
+    params = [DENSITY_WINDOW, query, owner, *(word.to_fts() for word in words)]
+    async with conn.execute(_estimate_sql(len(words)), params) as cursor:
         row = await cursor.fetchone()
     if row is None or (row[0] or 0) <= EXACT_RANKING_MAX_ROWS:
         return None
@@ -174,7 +236,9 @@ async def _estimate(conn: aiosqlite.Connection, terms: Sequence[Term]) -> _Estim
         _Word(word, count * total // window, count / window)
         for word, count in zip(words, word_counts, strict=True)
     ]
-    return _Estimate(sorted(found, key=lambda word: word.rows), query_count * total // window)
+    mine = max(1, min(DENSITY_WINDOW, scope.rows if scope.learner is not None else newest))
+    rows = total if scope.learner is None else scope.rows
+    return _Estimate(sorted(found, key=lambda word: word.rows), query_count * rows // mine)
 
 
 def _affordable(words: Sequence[_Word], span: int | None) -> list[Term]:
@@ -215,19 +279,25 @@ async def _newest(
 
 
 async def _rank(
-    conn: aiosqlite.Connection, terms: Sequence[Term], limit: int, candidates: int
+    conn: aiosqlite.Connection,
+    terms: Sequence[Term],
+    query: str,
+    scope: _Scope,
+    limit: int,
+    candidates: int,
 ) -> list[int]:
-    """Rowids of the best `limit` matches, best first (see the module docstring)."""
-    query = to_expression(terms)
+    """Rowids of the best `limit` matches of `query` (`terms` in `scope`), best
+    first (see the module docstring)."""
     params: dict[str, object] = {"query": query, "candidates": candidates, "limit": limit}
-    estimate = await _estimate(conn, terms)
+    estimate = await _estimate(conn, terms, query, scope)
     if estimate is None:
         return await _ids(conn, _RANK_QUERY, params)
     ranking = to_expression(_affordable(estimate.words, None))
     if not ranking:
         return await _newest(conn, query, limit, estimate.query_rows)
     if ranking == query:
-        # A single word (or prefix) cheap enough to count: one pass does it all.
+        # A single word (or prefix) cheap enough to count, and no owner filter
+        # for bm25() to count too: one pass does it all.
         return await _ids(conn, _RANK_QUERY, params)
     found = await _newest(conn, query, candidates, estimate.query_rows)
     if not found:
@@ -252,20 +322,42 @@ def _json_ids(ids: Sequence[int]) -> str:
     return "[" + ",".join(map(str, ids)) + "]"
 
 
+async def _scope(conn: aiosqlite.Connection, learner: str | None) -> _Scope | None:
+    """How to select the captures of `learner` (None: everyone's); None if
+    there is none."""
+    async with conn.execute(_OWNERSHIP, (learner,)) as cursor:
+        row = await cursor.fetchone()
+    mine, everyone = (int(value or 0) for value in row) if row else (0, 0)
+    if learner is None or mine == everyone:
+        # Everyone's, or the learner is everyone: the filter would select all.
+        return _Scope(None, everyone) if everyone else None
+    return _Scope(learner, mine) if mine else None
+
+
 async def search(
-    conn: aiosqlite.Connection, terms: Sequence[Term], limit: int, candidate_limit: int
+    conn: aiosqlite.Connection,
+    terms: Sequence[Term],
+    limit: int,
+    candidate_limit: int,
+    learner: str | None,
 ) -> list[SearchHit]:
-    """The best `limit` matches of `terms` (see the module docstring)."""
+    """The best `limit` matches of `terms` among the captures of `learner`
+    (None: everyone's; see the module docstring)."""
     if not terms or limit < 1:
         return []
-    ids = await _rank(conn, terms, limit, max(candidate_limit, limit))
+    scope = await _scope(conn, learner)
+    if scope is None:
+        return []
+    query = owned_by(scope.learner, to_expression(terms))
+    ids = await _rank(conn, terms, query, scope, limit, max(candidate_limit, limit))
     if not ids:
         return []
     params: dict[str, object] = {
-        "query": to_expression(terms),
+        "query": query,
         "ids": _json_ids(ids),
         "open": MARK_OPEN,
         "close": MARK_CLOSE,
+        "learner": learner,
     }
     if any(needs_doclist_merge(term) for term in terms):
         sql, params["low"], params["high"] = _DETAILS_BY_RANGE, min(ids), max(ids)

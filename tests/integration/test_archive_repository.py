@@ -153,7 +153,14 @@ async def test_open_creates_folder_wal_and_schema(tmp_path: Path) -> None:
     conn = plain_sql(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"captures", "captures_fts", "idx_session_timestamp", "capture_stats"} <= names
+    assert {
+        "captures",
+        "captures_fts",
+        "idx_session_timestamp",
+        "capture_stats",
+        "learner_stats",
+        "idx_captures_learner_timestamp",
+    } <= names
     columns = [row[1] for row in conn.execute("PRAGMA table_info(captures)")]
     assert columns == [
         "id",
@@ -163,6 +170,7 @@ async def test_open_creates_folder_wal_and_schema(tmp_path: Path) -> None:
         "agent_text",
         "metadata",
         "event_id",
+        "learner",
     ]
     conn.close()
     # Opening again is a no-op for the schema.
@@ -549,6 +557,12 @@ async def test_v1_database_is_migrated(tmp_path: Path) -> None:
         assert await archive.search("volcanoes", 5) == []
         assert await archive.search("deserts", 5) == []
         assert [h.id for h in await archive.search("tides", 5)] == [1]
+        # v1's rows are the default learner's, and nobody else's.
+        assert await archive.stats("local") == (2, 2, "2025-11-20T09:00:00")
+        assert await archive.stats("alice") == (0, 0, None)
+        assert await archive.search("tides", 5, "alice") == []
+        assert await archive.history("v1-a", 5, "alice") == []
+        assert [h.id for h in await archive.history("v1-a", 5, "local")] == [1]
         await archive.save_many([exchange("new glaciers", session_id="v1-b", event_id="e1")])
         assert await archive.stats() == (3, 2, "2025-11-21T10:30:00")
         assert len(await archive.search("glaciers", 5)) == 2
@@ -561,7 +575,9 @@ async def test_v1_database_is_migrated(tmp_path: Path) -> None:
     metadata = [
         json.loads(row[0]) for row in conn.execute("SELECT metadata FROM captures ORDER BY id")
     ]
+    learners = {row[0] for row in conn.execute("SELECT learner FROM captures")}
     conn.close()
+    assert learners == {"local"}
     assert not triggers & {"captures_ai", "captures_ad", "captures_au"}
     assert metadata == [
         {"source": "api"},
@@ -578,21 +594,20 @@ def fts_blocks(path: Path) -> list[tuple[int, bytes]]:
     return blocks
 
 
-async def schema_version_1_file(path: Path) -> None:
-    """A file as SCHEMA_VERSION 1 left it: today's, without the call tables."""
+async def current_file_without_call_tables(path: Path) -> None:
+    """A file of today's schema version that lacks the call tables (as one
+    written before they were added would, had the version not changed)."""
     async with Archive(path) as archive:
         await archive.save_many([exchange("about volcanoes", WRITTEN, event_id="e1")])
         await archive.save_many([exchange("about glaciers", session_id="s2", event_id="e2")])
     conn = plain_sql(path)
-    conn.executescript("DROP TABLE heard; DROP TABLE recordings; PRAGMA user_version = 1;")
+    conn.executescript("DROP TABLE heard; DROP TABLE recordings;")
     conn.close()
 
 
-async def test_a_schema_version_1_file_gets_the_call_tables_and_keeps_its_index(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "version-1.db"
-    await schema_version_1_file(path)
+async def test_a_current_file_gets_missing_tables_and_keeps_its_index(tmp_path: Path) -> None:
+    path = tmp_path / "current.db"
+    await current_file_without_call_tables(path)
     blocks = fts_blocks(path)
     for _ in range(2):
         async with Archive(path) as archive:
@@ -618,7 +633,7 @@ async def test_a_schema_version_1_file_gets_the_call_tables_and_keeps_its_index(
 async def test_a_file_older_than_the_fts_version_has_its_index_rebuilt(tmp_path: Path) -> None:
     # The contrast that shows fts_blocks would notice a rebuild.
     path = tmp_path / "version-0.db"
-    await schema_version_1_file(path)
+    await current_file_without_call_tables(path)
     conn = plain_sql(path)
     conn.execute("PRAGMA user_version = 0")
     conn.close()
