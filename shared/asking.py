@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import metrics, telemetry
+from shared import metrics, ownership, telemetry
 from shared.backlog import RETRY_AFTER_S, Backlog
 from shared.cancel import request_cancel
 from shared.events import (
@@ -96,6 +96,15 @@ def timed_out(timeout: float) -> AskError:
     )
 
 
+def session_taken(session_id: str) -> AskError:
+    """What a learner is told who uses the id of another learner's session."""
+    return AskError(
+        f"session {session_id} belongs to another learner; start a new session",
+        status=403,
+        code="session_taken",
+    )
+
+
 class Held(Protocol):
     """Memory a caller holds for a clip until Redis has it."""
 
@@ -113,11 +122,13 @@ class Conversations:
         reply_timeout: float,
         audio_ttl: int,
         backlog: Backlog | None = None,
+        owner_ttl: int = 30 * 24 * 3600,
     ) -> None:
         self._router = router
         self._redis = redis
         self._reply_timeout = reply_timeout
         self._audio_ttl = audio_ttl
+        self._owner_ttl = owner_ttl
         # None: every request is published, however far behind the workers are.
         self._backlog = backlog
 
@@ -163,6 +174,17 @@ class Conversations:
             return
         metrics.REQUESTS_REFUSED.labels(source, "backlog").inc()
         raise overloaded(behind[1])
+
+    async def claim(self, session_id: str, source: Source, learner: str) -> None:
+        """Take the session for `learner` before anything about it is published;
+        403 `session_taken` if it is another learner's (shared.ownership)."""
+        try:
+            owner = await ownership.claim(self._redis, session_id, learner, self._owner_ttl)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+        if owner != learner:
+            metrics.REQUESTS_REFUSED.labels(source, "session_taken").inc()
+            raise session_taken(session_id)
 
     def text_event(
         self,

@@ -116,7 +116,8 @@ DEAD_LETTERS = Gauge(
 )
 REQUESTS_REFUSED = Counter(
     "lva_requests_refused_total",
-    "Learners' requests refused before they were published, by reason (backlog: MAX_BACKLOG)",
+    "Learners' requests refused before they were published, by reason (backlog: "
+    "MAX_BACKLOG; session_taken: another learner's session)",
     ["source", "reason"],
 )
 AUTH_REFUSED = Counter(

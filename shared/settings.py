@@ -31,6 +31,9 @@ class CommonSettings(BaseSettings):
     # Lifetime of a session's context in Redis (v1): also how long a session
     # counts as active in /api/stats.
     redis_ttl: int = 1800
+    # Seconds a session stays its learner's after they last talked in it
+    # (shared.ownership): longer than REDIS_TTL, so no context outlives it.
+    session_owner_ttl_s: int = Field(30 * 24 * 3600, ge=60)
     instance_id: str = Field(default_factory=default_instance_id)
     # Connections each pool of a service may open to Redis (there are two: the
     # broker's and the service's own).

@@ -62,6 +62,11 @@ class Keys:
         return f"session:{session_id}:metadata"
 
     @staticmethod
+    def session_owner(session_id: str) -> str:
+        """The learner a session belongs to (shared.ownership)."""
+        return f"session:{session_id}:learner"
+
+    @staticmethod
     def exchange_done(event_id: str) -> str:
         """Marks an utterance whose exchange is already in the context (redelivery guard)."""
         return f"exchange:{event_id}:done"
@@ -104,6 +109,21 @@ class Keys:
     def revoked_token(jti: str) -> str:
         """Set while the JWT with this `jti` is revoked (until it would expire)."""
         return f"auth:revoked:{jti}"
+
+    @staticmethod
+    def phone_link(caller_hash: str) -> str:
+        """The learner a phone number (by its keyed hash) is linked to (shared.phones)."""
+        return f"phone:{caller_hash}:learner"
+
+    @staticmethod
+    def phone_code(code: str) -> str:
+        """The keyed hash of the number a one-time link code was spoken to."""
+        return f"phone:code:{code}"
+
+    @staticmethod
+    def phone_link_tries(learner: str) -> str:
+        """How many link codes `learner` tried this minute."""
+        return f"phone:tries:{learner}"
 
     @staticmethod
     def twilio_reply(session_id: str, event_id: str) -> str:

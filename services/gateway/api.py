@@ -94,6 +94,7 @@ async def read_utterance(
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
     session_id = validation.session_id(body.session_id or str(uuid.uuid4()))
+    await backend.claim(session_id, "api", caller.learner)
     # As in v1, a clip wins over text when both are sent.
     if body.audio_base64 is not None:
         audio, held = await budget.decode(body.audio_base64, settings.max_audio_bytes)

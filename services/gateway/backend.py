@@ -36,6 +36,7 @@ class Backend(Conversations):
             redis,
             reply_timeout=settings.reply_timeout,
             audio_ttl=settings.audio_ttl,
+            owner_ttl=settings.session_owner_ttl_s,
             backlog=backlog,
         )
         self._settings = settings

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from services.gateway import api, errors, frontend, ws
+from services.gateway import api, errors, frontend, phone_link, ws
 from services.gateway.auth import Authenticator
 from services.gateway.backend import Backend
 from services.gateway.frontend import Frontend
@@ -86,6 +86,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     telemetry.instrument_app(app, settings, SERVICE)
     metrics.instrument_http(app)
     app.include_router(api.router)
+    app.include_router(phone_link.router)
     app.include_router(ws.router)
     app.include_router(frontend.router)
     return app

@@ -71,6 +71,10 @@ class GatewaySettings(CommonSettings):
     # Seconds a WebSocket without a ticket has to send its `auth` message.
     ws_auth_timeout_s: float = Field(10.0, gt=0)
 
+    # Link codes (POST /api/phone-link) one learner may try a minute: a code has
+    # 10^6 values and lives minutes, so guessing one is hopeless at this rate.
+    phone_link_tries: int = Field(5, ge=1)
+
     # Comma-separated origins allowed by CORS ("*": any).
     cors_origins: str = "*"
 

@@ -443,6 +443,13 @@ async def websocket_endpoint(ws: WebSocket, session_id: str) -> None:
         caller = await ws_auth.authenticate(ws, state.authenticator, state.settings)
         if caller is None:
             return
+        try:
+            await state.backend.claim(session_id, "websocket", caller.learner)
+        except AskError as exc:
+            # Another learner's session (1008), or Redis is away (1013: try again).
+            close_code = POLICY_VIOLATION if exc.status == 403 else ws_auth.TRY_AGAIN_LATER
+            await ws_auth.refuse(ws, exc.code, exc.reason, close_code=close_code)
+            return
         await Connection(
             ws,
             state.backend,

@@ -373,6 +373,7 @@ class Responder:
             expired=expired,
             cancelled=cancelled,
             caller=event.caller,
+            learner=event.learner,
         )
 
     async def end(self, event: SessionEndRequested) -> SummaryReply:

@@ -23,8 +23,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.telephony.settings import TelephonySettings
+from shared import phones
 from shared.asking import AskError, Conversations, unavailable
-from shared.events import SESSION_ID_PATTERN, UtteranceReceived, new_id
+from shared.events import DEFAULT_LEARNER, SESSION_ID_PATTERN, UtteranceReceived, new_id
 from shared.sessions import stored_answer
 from shared.streams import Keys
 from shared.tasks import cancel_all
@@ -95,14 +96,39 @@ class Calls:
     def conversations(self) -> Conversations:
         return self._conversations
 
+    @property
+    def redis(self) -> Redis:
+        return self._redis
+
     def _key(self, session_id: str, event_id: str) -> str:
         return Keys.twilio_reply(session_id, event_id)
+
+    async def learner(self, session_id: str, caller: str | None) -> str:
+        """The learner the call is for, claimed as the session's owner: fixed at the
+        call's first turn, so a number linked during a call is the account's from
+        its next call on, and one call's exchanges stay in one archive."""
+        try:
+            learner = await self._owner(session_id)
+            if learner is None:
+                open_mode = self._settings.auth_mode == "open"
+                learner = await phones.learner_for(self._redis, caller, open_mode=open_mode)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+        await self._conversations.claim(session_id, "twilio", learner)
+        return learner
+
+    async def _owner(self, session_id: str) -> str | None:
+        owner = await self._redis.get(Keys.session_owner(session_id))
+        if owner is None:
+            return None
+        return owner.decode() if isinstance(owner, bytes) else str(owner)
 
     async def ask(
         self, session_id: str, text: str, *, caller: str | None, idempotency_token: str | None
     ) -> tuple[str, Kept]:
         """Ask for the reply to `text`; its event id, and the reply if it came within
         REPLY_DEADLINE (else a pending Kept: the caller is put on hold)."""
+        learner = await self.learner(session_id, caller)
         event_id = utterance_id(session_id, text, idempotency_token)
         asked = Kept(state="pending", asked_at=time.time())
         key = self._key(session_id, event_id)
@@ -116,7 +142,7 @@ class Calls:
             log.info("%s on %s was asked already: a retried webhook", event_id, session_id)
             return event_id, await self.pick_up(session_id, event_id)
         event = self._conversations.text_event(
-            session_id, "twilio", text, event_id=event_id, caller=caller
+            session_id, "twilio", text, event_id=event_id, caller=caller, learner=learner
         )
         task = asyncio.create_task(self._exchange(event, key, asked), name=f"twilio-{event_id}")
         self._running[event_id] = (session_id, task)
@@ -211,7 +237,11 @@ class Calls:
             if not await self.claim_end(session_id):
                 log.info("call %s was ended already", session_id)
                 return
-            summary = await self._conversations.end(session_id, "twilio")
+            learner = await self._owner(session_id) or DEFAULT_LEARNER
+            summary = await self._conversations.end(session_id, "twilio", learner=learner)
+        except (RedisError, OSError) as exc:
+            log.warning("could not end %s: %s", session_id, exc)
+            return
         except AskError as exc:
             log.warning("could not end %s: %s", session_id, exc.reason)
             return

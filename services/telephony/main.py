@@ -52,6 +52,7 @@ def create_app(settings: TelephonySettings) -> FastAPI:
             redis,
             reply_timeout=settings.reply_timeout,
             audio_ttl=settings.audio_ttl,
+            owner_ttl=settings.session_owner_ttl_s,
             backlog=backlog,
         )
         app.state.redis = redis

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ValidationError
 
+from services.telephony import linking
 from services.telephony.calls import Calls, call_session, checked_id
 from services.telephony.heard import heard_part
 from services.telephony.privacy import caller_hash
@@ -205,7 +206,10 @@ class RelayCall:
                 await self._not_heard()
                 continue
             self._silent = 0
-            await self._answer(text)
+            if linking.asks_to_link(text):
+                await self._link()
+            else:
+                await self._answer(text)
 
     async def _not_heard(self) -> None:
         self._silent += 1
@@ -216,9 +220,24 @@ class RelayCall:
             return
         await self._send(TextToken(token=NOT_HEARD, last=True))
 
+    async def _link(self) -> None:
+        try:
+            spoken = await linking.link_reply(self._calls.redis, self._settings, self._caller)
+        except AskError as exc:
+            log.warning("%s: no link code: %s", self.session_id, exc.reason)
+            spoken = APOLOGY
+        log.info("%s: the caller asked to link their phone", self.session_id)
+        await self._send(TextToken(token=spoken, last=True))
+
     async def _answer(self, text: str) -> None:
+        try:
+            learner = await self._calls.learner(self.session_id, self._caller)
+        except AskError as exc:
+            log.warning("%s: no learner for the call: %s", self.session_id, exc.reason)
+            await self._send(TextToken(token=APOLOGY, last=True))
+            return
         event = self._conversations.text_event(
-            self.session_id, "twilio", text, stream=True, caller=self._caller
+            self.session_id, "twilio", text, stream=True, caller=self._caller, learner=learner
         )
         turn = Turn(event.event_id)
         self._turn = turn

@@ -71,6 +71,13 @@ class TelephonySettings(CommonSettings):
     # Key of the HMAC that stands for a caller's number in logs, events and the
     # archive. Required with a token; in local mode a fixed development value.
     phone_hash_secret: str | None = None
+    # open: every caller is the one local learner (as AUTH_MODE=open on the
+    # gateway: one archive and context for the phone and the app). token: each
+    # number is a learner of its own (`phone:<hash>`) until a signed-in learner
+    # links it to their account with a code the call speaks (shared.phones).
+    auth_mode: Literal["open", "token"] = "open"
+    # Seconds a spoken link code ("link my phone") may be redeemed in.
+    phone_link_code_ttl_s: int = Field(600, ge=60, le=3600)
     # Clips' bytes in Redis, for the shared asking code: Twilio transcribes calls
     # itself, so telephony sends text only.
     audio_ttl: int = 300

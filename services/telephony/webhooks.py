@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
+from services.telephony import linking
 from services.telephony.calls import Kept, call_session, checked_id
 from services.telephony.deps import CallsDep, RedisDep, SettingsDep, SignedForm, TwiMLDep
 from services.telephony.errors import twiml_response
@@ -135,7 +136,12 @@ async def voice(
 
 @router.post("/twilio/process-speech")
 async def process_speech(
-    request: Request, form: SignedForm, settings: SettingsDep, calls: CallsDep, twiml: TwiMLDep
+    request: Request,
+    form: SignedForm,
+    settings: SettingsDep,
+    calls: CallsDep,
+    twiml: TwiMLDep,
+    redis: RedisDep,
 ) -> Response:
     """What the caller said: the reply, or a holding phrase if it takes longer
     than REPLY_DEADLINE; unclear speech is asked for again, without the model."""
@@ -152,6 +158,14 @@ async def process_speech(
             return twiml_response(twiml.farewell(SILENT_FAREWELL))
         log.info("%s: %s, asked again", session, why)
         return twiml_response(twiml.turn(session, NOT_HEARD, silent=silent))
+    if linking.asks_to_link(speech):
+        try:
+            spoken = await linking.link_reply(redis, settings, _caller(form, settings))
+        except AskError as exc:
+            log.warning("%s: no link code: %s", session, exc.reason)
+            spoken = APOLOGY
+        log.info("%s: the caller asked to link their phone", session)
+        return twiml_response(twiml.turn(session, spoken))
     try:
         event_id, kept = await calls.ask(
             session,

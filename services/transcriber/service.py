@@ -106,6 +106,7 @@ class Transcriber:
             event_id=event.event_id,
             session_id=event.session_id,
             source=event.source,
+            learner=event.learner,
             reply_to=event.reply_to,
             occurred_at=event.occurred_at,
             deadline=event.deadline,

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection
 
+from services.telephony.linking import OPEN_MODE
 from services.telephony.privacy import caller_hash
 from services.telephony.relay import GOODBYE
 from services.telephony.twiml import APOLOGY, GREETING, NOT_HEARD
@@ -312,6 +313,18 @@ async def test_a_silent_line_is_asked_again_then_ended(
         end = await next_message(ws)
         assert end["type"] == "end" and json.loads(end["handoffData"])["reason"] == "silence"
     assert await keys.xlen(UTTERANCE_RECEIVED) == published
+
+
+async def test_asking_to_link_the_phone_is_answered_by_telephony_alone(
+    stack: Stack, echo: OpenAIWireServer, keys: Redis
+) -> None:
+    published, asked = await keys.xlen(UTTERANCE_RECEIVED), len(echo.requests)
+    async with relay(stack, "CAlinking") as ws:
+        await ws.send(prompt("Could you link my phone?"))
+        # AUTH_MODE=open: one learner already, so nothing to link, and it says so.
+        assert await next_message(ws) == {"type": "text", "token": OPEN_MODE, "last": True}
+    assert await keys.xlen(UTTERANCE_RECEIVED) == published
+    assert len(echo.requests) == asked
 
 
 async def test_a_failed_relay_session_goes_on_in_gather_mode(stack: Stack) -> None:

@@ -14,6 +14,7 @@ from twilio.request_validator import RequestValidator
 from scripts.twilio_sign import main as sign_main
 from services.telephony.calls import call_session, checked_id, utterance_id
 from services.telephony.heard import heard_part
+from services.telephony.linking import asks_to_link, code_phrase
 from services.telephony.privacy import caller_hash
 from services.telephony.relay_protocol import (
     EndSession,
@@ -372,3 +373,24 @@ def test_relay_messages_read_as_twilio_writes_them() -> None:
         "type": "end",
         "handoffData": "{}",
     }
+
+
+@pytest.mark.parametrize(
+    "speech",
+    ["Link my phone.", "could you please link this number", "Pair my phone", "CONNECT MY CALL"],
+)
+def test_asking_to_link_is_heard_however_it_is_put(speech: str) -> None:
+    assert asks_to_link(speech)
+
+
+@pytest.mark.parametrize(
+    "speech", ["I'm learning about phone links", "my phone is old", "the missing link"]
+)
+def test_talking_about_phones_is_not_asking_to_link(speech: str) -> None:
+    assert not asks_to_link(speech)
+
+
+def test_the_code_is_spoken_digit_by_digit_twice_with_its_life() -> None:
+    phrase = code_phrase("040718", 600)
+    assert phrase.count("0, 4, 0, 7, 1, 8") == 2
+    assert "within 10 minutes" in phrase
